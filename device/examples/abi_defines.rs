@@ -3,7 +3,11 @@
 
 fn main() {
     for (name, value) in faultline_device::abi::ABI_CONSTANTS {
-        let suffix = if *value > u64::from(u32::MAX) { "ULL" } else { "U" };
+        let suffix = if *value > u64::from(u32::MAX) {
+            "ULL"
+        } else {
+            "U"
+        };
         println!("#define {name:<32} 0x{value:x}{suffix}");
     }
 }

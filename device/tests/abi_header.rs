@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use faultline_device::abi::ABI_CONSTANTS;
 
 fn header_defines() -> BTreeMap<String, u64> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-tests/include/faultline_abi.h");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest-tests/include/faultline_abi.h"
+    );
     let text = std::fs::read_to_string(path).expect("read faultline_abi.h");
     let mut defines = BTreeMap::new();
     for line in text.lines() {
@@ -25,7 +28,10 @@ fn header_defines() -> BTreeMap<String, u64> {
             None => digits.parse(),
         };
         let parsed = parsed.unwrap_or_else(|_| panic!("{name}: cannot parse value {value:?}"));
-        assert!(defines.insert(name.to_string(), parsed).is_none(), "{name} defined twice");
+        assert!(
+            defines.insert(name.to_string(), parsed).is_none(),
+            "{name} defined twice"
+        );
     }
     defines
 }
@@ -45,7 +51,10 @@ fn every_rust_constant_is_in_the_header_with_the_same_value() {
 fn every_header_constant_is_defined_in_rust() {
     let rust: BTreeMap<_, _> = ABI_CONSTANTS.iter().map(|(n, v)| (*n, *v)).collect();
     for name in header_defines().keys() {
-        assert!(rust.contains_key(name.as_str()), "{name} is in faultline_abi.h but not in abi.rs");
+        assert!(
+            rust.contains_key(name.as_str()),
+            "{name} is in faultline_abi.h but not in abi.rs"
+        );
     }
 }
 

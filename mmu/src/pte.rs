@@ -13,7 +13,8 @@ pub const PTE_LEAF: u64 = 1 << 7;
 /// Next-table or page-frame address bits 51:12.
 pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Bits that must be zero.
-pub const PTE_RESERVED_MASK: u64 = !(PTE_ADDR_MASK | PTE_VALID | PTE_READ | PTE_WRITE | PTE_ATOMIC | PTE_LEAF);
+pub const PTE_RESERVED_MASK: u64 =
+    !(PTE_ADDR_MASK | PTE_VALID | PTE_READ | PTE_WRITE | PTE_ATOMIC | PTE_LEAF);
 
 /// Number of page-table levels.
 pub const PT_LEVELS: u32 = 4;
