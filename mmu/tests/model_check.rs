@@ -7,8 +7,9 @@
 //! fill may do after an invalidation, who decides a stall); the weak-memory argument (SeqCst fences, seqlock
 //! orderings) is in the `context` and `tlb` module docs.
 //!
-//! Iterations per check: `FAULTLINE_MODEL_ITERS` (default 300 random + 300 PCT schedules per check; the
-//! default keeps `cargo test -p faultline-mmu` well under a minute on two cores).
+//! Schedules per check: `FAULTLINE_MODEL_ITERS` (default 1000) random plus as many PCT (depth 3) schedules,
+//! scaled down to 30% for the heavier invalidation checks; the default keeps `cargo test -p faultline-mmu`
+//! well under a minute on two cores. Raise it for a soak: `FAULTLINE_MODEL_ITERS=100000`.
 
 #![allow(dead_code, unused_imports)]
 
@@ -56,26 +57,28 @@ use ring::{FaultRing, IrqAction, PostOutcome, RingConsumer};
 use stall::{StallKey, StallOutcome, StallTable};
 use tlb::TlbConfig;
 
-fn iterations() -> usize {
-    std::env::var("FAULTLINE_MODEL_ITERS")
+/// Schedules per scheduler per check: `FAULTLINE_MODEL_ITERS` (default 1000) times `weight` / 100.
+fn iterations(weight: usize) -> usize {
+    let base = std::env::var("FAULTLINE_MODEL_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300)
+        .unwrap_or(1000usize);
+    (base * weight / 100).max(1)
 }
 
-/// Runs `f` under the random scheduler and under PCT (depth 3), `iterations()` schedules each.
-fn check<F: Fn() + Send + Sync + 'static>(f: F) {
+/// Runs `f` under the random scheduler and under PCT (depth 3), `iterations(weight)` schedules each.
+fn check<F: Fn() + Send + Sync + 'static>(weight: usize, f: F) {
     let f = Arc::new(f);
     let g = Arc::clone(&f);
     let mut config = shuttle::Config::new();
     config.silence_warnings = true;
     shuttle::Runner::new(
-        shuttle::scheduler::RandomScheduler::new(iterations()),
+        shuttle::scheduler::RandomScheduler::new(iterations(weight)),
         config.clone(),
     )
     .run(move || g());
     shuttle::Runner::new(
-        shuttle::scheduler::PctScheduler::new(3, iterations()),
+        shuttle::scheduler::PctScheduler::new(3, iterations(weight)),
         config,
     )
     .run(move || f());
@@ -87,32 +90,60 @@ const FRAME_A: u64 = 0xa000_0000;
 const FRAME_B: u64 = 0xb000_0000;
 const FRAME_Q: u64 = 0xc000_0000;
 
+const TABLE_BYTES: u64 = 32 << 10;
+
+/// The page tables of the invalidation scenario, built once with the real (std) crate and copied into each
+/// execution's shuttle-backed memory (building them under shuttle would cost thousands of scheduling points).
+struct TableImage {
+    words: Vec<(u64, u64)>,
+    root0: u64,
+    root1: u64,
+    pte_p: u64,
+}
+
+static PAGE_TABLES: std::sync::LazyLock<TableImage> = std::sync::LazyLock::new(|| {
+    use faultline_mmu::{FlatMem, PageSize, PageTableBuilder, Perms, PhysMem};
+    let mem = FlatMem::new(0, TABLE_BYTES);
+    let mut pt0 = PageTableBuilder::new(&mem, 0, TABLE_BYTES / 2).unwrap();
+    let mut pt1 = PageTableBuilder::new(&mem, TABLE_BYTES / 2, TABLE_BYTES / 2).unwrap();
+    pt0.map(P, FRAME_A, PageSize::Size4K, Perms::ALL).unwrap();
+    pt0.map(Q, FRAME_Q, PageSize::Size4K, Perms::ALL).unwrap();
+    pt1.map(Q, FRAME_Q, PageSize::Size4K, Perms::ALL).unwrap();
+    let words = (0..TABLE_BYTES / 8)
+        .map(|i| (i * 8, mem.read_u64(i * 8).unwrap()))
+        .filter(|&(_, v)| v != 0)
+        .collect();
+    TableImage {
+        words,
+        root0: pt0.root(),
+        root1: pt1.root(),
+        pte_p: pt0.entry_addr(P, 0).unwrap(),
+    }
+});
+
 /// INVALIDATE vs translations in flight, TLB fills by walks that started before it, nested pins on two
 /// contexts. After `invalidate` returns: no access holding the old translation is still alive, and no
 /// translation (TLB hit or walk) ever again yields the old frame.
 #[test]
 fn invalidate_vs_inflight_walk_and_fill() {
     // 4 ways: nothing is evicted, so a stale fill would survive to be seen.
-    check(|| invalidate_scenario(4));
+    check(30, || invalidate_scenario(4));
 }
 
 #[test]
 fn invalidate_vs_inflight_walk_and_fill_with_evictions() {
     // One way: every alternate access evicts, so lanes keep walking and filling.
-    check(|| invalidate_scenario(1));
+    check(30, || invalidate_scenario(1));
 }
 
 fn invalidate_scenario(ways: u32) {
     {
-        let mem = Arc::new(FlatMem::new(0, 64 << 10));
-        let (root0, root1, pte_p) = {
-            let mut pt0 = PageTableBuilder::new(&mem, 0, 32 << 10).unwrap();
-            let mut pt1 = PageTableBuilder::new(&mem, 32 << 10, 32 << 10).unwrap();
-            pt0.map(P, FRAME_A, PageSize::Size4K, Perms::ALL).unwrap();
-            pt0.map(Q, FRAME_Q, PageSize::Size4K, Perms::ALL).unwrap();
-            pt1.map(Q, FRAME_Q, PageSize::Size4K, Perms::ALL).unwrap();
-            (pt0.root(), pt1.root(), pt0.entry_addr(P, 0).unwrap())
-        };
+        let image = &*PAGE_TABLES;
+        let mem = Arc::new(FlatMem::new(0, TABLE_BYTES));
+        for &(gpa, val) in &image.words {
+            mem.write_u64(gpa, val).unwrap();
+        }
+        let (root0, root1, pte_p) = (image.root0, image.root1, image.pte_p);
         let mmu = Arc::new(
             Mmu::new(MmuConfig {
                 contexts: 2,
@@ -161,21 +192,6 @@ fn invalidate_scenario(ways: u32) {
             })
             .collect();
 
-        // A lane that starts only after the invalidation returned.
-        let late = {
-            let (mmu, mem, done) = (mmu.clone(), mem.clone(), done.clone());
-            thread::spawn(move || {
-                let lane = mmu.lane(2).unwrap();
-                while !done.load(SeqCst) {
-                    thread::yield_now();
-                }
-                let acc = lane.translate(0, P, AccessType::Read, &*mem).unwrap();
-                assert_eq!(
-                    acc.page_base_pa, FRAME_B,
-                    "old translation used after invalidate returned"
-                );
-            })
-        };
         let driver = {
             let (mmu, mem, done, using_a) =
                 (mmu.clone(), mem.clone(), done.clone(), using_a.clone());
@@ -188,13 +204,19 @@ fn invalidate_scenario(ways: u32) {
                 if let Some(t) = mmu.tlb().lookup(0, P) {
                     assert_eq!(t.page_base_pa, FRAME_B, "stale TLB entry after invalidate");
                 }
+                // A lane that starts after the invalidation returned.
+                let late = mmu.lane(2).unwrap();
+                let acc = late.translate(0, P, AccessType::Read, &*mem).unwrap();
+                assert_eq!(
+                    acc.page_base_pa, FRAME_B,
+                    "old translation used after invalidate returned"
+                );
             })
         };
         for l in lanes {
             l.join().unwrap();
         }
         driver.join().unwrap();
-        late.join().unwrap();
         assert!(mmu
             .tlb()
             .entries()
@@ -214,7 +236,7 @@ fn invalidate_scenario(ways: u32) {
 /// exactly one outcome, the READ lane is never cancelled, no lane is lost (a lost lane would hang the test).
 #[test]
 fn replay_vs_cancel() {
-    check(|| {
+    check(100, || {
         let stalls = Arc::new(StallTable::new(3));
         let finished = Arc::new(AtomicUsize::new(0));
         let registrations = Arc::new(AtomicU64::new(0));
@@ -280,150 +302,170 @@ struct RingMem {
     valid: Vec<AtomicBool>,
 }
 
-/// Fault ring producers (lanes) vs the consumer (driver), ring of 2 entries for 3 faulting lanes so it
-/// overflows. The driver only runs when vector 1 fires (delay 0), drains, writes GET, services, replays.
-/// Checks: PUT - GET never exceeds the size; entries are consumed in index order, each once, each valid; every
-/// lane completes (no fault lost beyond what replay recovers, no stranded interrupt — either would hang);
-/// posted + overflowed = faults taken.
-#[test]
-fn fault_ring_producers_vs_consumer_with_overflow() {
-    const LANES: usize = 3;
-    const SIZE: u32 = 2;
-    check(|| {
-        let stalls = Arc::new(StallTable::new(LANES));
-        let ring = Arc::new(Mutex::new(FaultRing::new(SIZE, 0).unwrap()));
-        let rmem = Arc::new(RingMem {
-            body: (0..SIZE).map(|_| AtomicU64::new(0)).collect(),
-            valid: (0..SIZE).map(|_| AtomicBool::new(false)).collect(),
-        });
-        let mapped: Arc<Vec<AtomicBool>> =
-            Arc::new((0..LANES).map(|_| AtomicBool::new(false)).collect());
-        let irq = Arc::new((Mutex::new(false), Condvar::new()));
-        let finished = Arc::new(AtomicUsize::new(0));
+/// What the driver thread waits for: vector 1, or every lane finished.
+#[derive(Default)]
+struct Wake {
+    irq: bool,
+    finished: usize,
+}
 
-        let signal = |irq: &(Mutex<bool>, Condvar)| {
-            *irq.0.lock().unwrap() = true;
-            irq.1.notify_one();
-        };
+/// Fault-ring producers (lanes, each faulting on its own page of its own context) vs the consumer (a driver
+/// that runs only when vector 1 fires, with moderation 0): drain in index order, clear valid, write GET,
+/// service, replay. `replay_all`: REPLAY 0xffff after each batch (rule 3), else REPLAY only the contexts just
+/// serviced.
+/// Checks: PUT - GET never exceeds the size; a slot is never overwritten before it is consumed; entries are
+/// consumed in index order; every lane completes — a fault lost beyond what replay recovers, or a stranded
+/// interrupt, would leave the driver waiting forever, which shuttle reports as a deadlock; posted + overflowed
+/// = faults taken.
+fn fault_ring_scenario(lanes: usize, size: u32, replay_all: bool) {
+    let stalls = Arc::new(StallTable::new(lanes));
+    let ring = Arc::new(Mutex::new(FaultRing::new(size, 0).unwrap()));
+    let rmem = Arc::new(RingMem {
+        body: (0..size).map(|_| AtomicU64::new(0)).collect(),
+        valid: (0..size).map(|_| AtomicBool::new(false)).collect(),
+    });
+    let mapped: Arc<Vec<AtomicBool>> =
+        Arc::new((0..lanes).map(|_| AtomicBool::new(false)).collect());
+    let wake = Arc::new((Mutex::new(Wake::default()), Condvar::new()));
 
-        let lanes: Vec<_> = (0..LANES)
-            .map(|lane| {
-                let (stalls, ring, rmem, mapped, irq, finished) = (
-                    stalls.clone(),
-                    ring.clone(),
-                    rmem.clone(),
-                    mapped.clone(),
-                    irq.clone(),
-                    finished.clone(),
-                );
-                thread::spawn(move || {
-                    let page = 0x10_0000 + lane as u64 * 0x1000;
-                    while !mapped[lane].load(SeqCst) {
-                        // Register before the entry can be seen, then post under the ring lock.
-                        let t = stalls
-                            .register_lane(lane, StallKey::new(0, page, AccessType::Read), 0)
-                            .unwrap();
-                        let action = {
-                            let mut r = ring.lock().unwrap();
-                            match r.post(0) {
-                                PostOutcome::Posted { index, slot, irq } => {
-                                    assert_eq!(index.wrapping_add(1), r.put());
-                                    assert!(r.pending() <= SIZE);
-                                    let s = slot as usize;
-                                    assert!(
-                                        !rmem.valid[s].load(SeqCst),
-                                        "slot reused before it was consumed"
-                                    );
-                                    rmem.body[s].store(page | lane as u64, SeqCst);
-                                    rmem.valid[s].store(true, SeqCst);
-                                    irq
-                                }
-                                PostOutcome::Overflow => IrqAction::None,
-                            }
-                        };
-                        if action == IrqAction::Now {
-                            signal(&irq);
-                        }
-                        assert_eq!(stalls.wait(t), StallOutcome::Replayed);
-                    }
-                    finished.fetch_add(1, SeqCst);
-                    signal(&irq); // lets the driver notice the end
-                })
-            })
-            .collect();
-
-        let driver = {
-            let (stalls, ring, rmem, mapped, irq, finished) = (
+    let handles: Vec<_> = (0..lanes)
+        .map(|lane| {
+            let (stalls, ring, rmem, mapped, wake) = (
                 stalls.clone(),
                 ring.clone(),
                 rmem.clone(),
                 mapped.clone(),
-                irq.clone(),
-                finished.clone(),
+                wake.clone(),
             );
             thread::spawn(move || {
-                let mut consumer = RingConsumer::new(SIZE).unwrap();
-                let mut consumed = 0u64;
-                loop {
-                    {
-                        let mut pending = irq.0.lock().unwrap();
-                        while !*pending {
-                            pending = irq.1.wait(pending).unwrap();
+                let ctx = lane as u16;
+                let page = 0x10_0000 + lane as u64 * 0x1000;
+                while !mapped[lane].load(SeqCst) {
+                    // Register before the entry can be seen, then post under the ring lock.
+                    let t = stalls
+                        .register_lane(lane, StallKey::new(ctx, page, AccessType::Read), 0)
+                        .unwrap();
+                    let action = {
+                        let mut r = ring.lock().unwrap();
+                        match r.post(0) {
+                            PostOutcome::Posted { index, slot, irq } => {
+                                assert_eq!(index.wrapping_add(1), r.put());
+                                assert!(r.pending() <= size);
+                                let s = slot as usize;
+                                assert!(
+                                    !rmem.valid[s].load(SeqCst),
+                                    "slot reused before it was consumed"
+                                );
+                                rmem.body[s].store(page | lane as u64, SeqCst);
+                                rmem.valid[s].store(true, SeqCst);
+                                irq
+                            }
+                            PostOutcome::Overflow => IrqAction::None,
                         }
-                        *pending = false;
+                    };
+                    if action == IrqAction::Now {
+                        wake.0.lock().unwrap().irq = true;
+                        wake.1.notify_one();
                     }
-                    if finished.load(SeqCst) == LANES {
+                    assert_eq!(stalls.wait(t), StallOutcome::Replayed);
+                }
+                wake.0.lock().unwrap().finished += 1;
+                wake.1.notify_one();
+            })
+        })
+        .collect();
+
+    let driver = {
+        let (stalls, ring, rmem, mapped, wake) = (
+            stalls.clone(),
+            ring.clone(),
+            rmem.clone(),
+            mapped.clone(),
+            wake.clone(),
+        );
+        thread::spawn(move || {
+            let mut consumer = RingConsumer::new(size).unwrap();
+            let mut consumed = 0u64;
+            loop {
+                {
+                    let mut w = wake.0.lock().unwrap();
+                    while !w.irq && w.finished < lanes {
+                        w = wake.1.wait(w).unwrap();
+                    }
+                    if !w.irq {
                         break;
                     }
-                    // Drain in index order, clearing the valid flag of each entry consumed.
-                    loop {
-                        let s = consumer.slot() as usize;
-                        if !rmem.valid[s].load(SeqCst) {
-                            break;
-                        }
-                        let body = rmem.body[s].load(SeqCst);
-                        let e = FaultEntry {
-                            va: body & !0xfff,
-                            timestamp: 0,
-                            context: 0,
-                            lane: (body & 0xfff) as u16,
-                            engine: 0,
-                            access: AccessType::Read,
-                            reason: FaultReason::NotPresent,
-                        };
-                        let got = consumer.pop(&e.encode()).unwrap().unwrap();
-                        rmem.valid[s].store(false, SeqCst);
-                        consumed += 1;
-                        mapped[usize::from(got.lane)].store(true, SeqCst);
-                    }
-                    let action = ring
-                        .lock()
-                        .unwrap()
-                        .on_get_write(consumer.get(), 0)
-                        .unwrap();
-                    if action == IrqAction::Now {
-                        signal(&irq);
-                    }
-                    // Rule 3: replay after every batch, even an empty one.
-                    stalls.replay(CONTEXT_ALL, 0);
+                    w.irq = false;
                 }
-                consumed
-            })
-        };
-        for l in lanes {
-            l.join().unwrap();
-        }
-        let consumed = driver.join().unwrap();
-        let r = ring.lock().unwrap();
-        let mut c = stats::Counters::default();
-        stalls.add_counters(&mut c);
-        r.add_counters(&mut c);
-        assert_eq!(
-            r.posted() + r.overflows(),
-            c.faults_read,
-            "every fault is posted or counted as overflow"
-        );
-        assert!(consumed <= r.posted());
-        assert!(r.high_water() <= SIZE);
-    });
+                let mut serviced = Vec::new();
+                loop {
+                    let s = consumer.slot() as usize;
+                    if !rmem.valid[s].load(SeqCst) {
+                        break;
+                    }
+                    let body = rmem.body[s].load(SeqCst);
+                    let lane = (body & 0xfff) as u16;
+                    let e = FaultEntry {
+                        va: body & !0xfff,
+                        timestamp: 0,
+                        context: lane,
+                        lane,
+                        engine: 0,
+                        access: AccessType::Read,
+                        reason: FaultReason::NotPresent,
+                    };
+                    let got = consumer.pop(&e.encode()).unwrap().unwrap();
+                    rmem.valid[s].store(false, SeqCst);
+                    consumed += 1;
+                    mapped[usize::from(got.lane)].store(true, SeqCst);
+                    serviced.push(got.context);
+                }
+                let action = ring
+                    .lock()
+                    .unwrap()
+                    .on_get_write(consumer.get(), 0)
+                    .unwrap();
+                if action == IrqAction::Now {
+                    wake.0.lock().unwrap().irq = true;
+                }
+                if replay_all {
+                    stalls.replay(CONTEXT_ALL, 0);
+                } else {
+                    for ctx in serviced {
+                        stalls.replay(ctx, 0);
+                    }
+                }
+            }
+            consumed
+        })
+    };
+    for h in handles {
+        h.join().unwrap();
+    }
+    let consumed = driver.join().unwrap();
+    let r = ring.lock().unwrap();
+    let mut c = stats::Counters::default();
+    stalls.add_counters(&mut c);
+    r.add_counters(&mut c);
+    assert_eq!(
+        r.posted() + r.overflows(),
+        c.faults_read,
+        "every fault is posted or counted as overflow"
+    );
+    assert!(consumed <= r.posted());
+    assert!(r.high_water() <= size);
+    assert_eq!(stalls.stalled(), 0);
+}
+
+/// Three lanes on a two-entry ring: overflows, recovered by the replay after each batch (rules 2 and 3).
+#[test]
+fn fault_ring_producers_vs_consumer_with_overflow() {
+    check(100, || fault_ring_scenario(3, 2, true));
+}
+
+/// No overflow, targeted replays: entries posted between the driver's drain and its GET write are only
+/// noticed because the GET write re-raises vector 1 when PUT != GET (rule 4).
+#[test]
+fn fault_ring_interrupt_rearm_on_get_write() {
+    check(100, || fault_ring_scenario(2, 2, false));
 }
