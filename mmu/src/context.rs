@@ -439,7 +439,7 @@ impl Lane {
         self.slot().depth.load(Ordering::Relaxed) != 0
     }
 
-    fn pin(&self, ctx: u16) {
+    fn pin_raw(&self, ctx: u16) {
         let slot = self.slot();
         let depth = slot.depth.load(Ordering::Relaxed);
         let word = slot.word.load(Ordering::Relaxed);
@@ -449,6 +449,7 @@ impl Lane {
                 count << COUNT_SHIFT | u64::from(ctx) << CTX_SHIFT | PINNED,
                 Ordering::Relaxed,
             );
+            // Pairs with step 3 of `Mmu::begin` (Dekker).
             fence(Ordering::SeqCst);
         } else if pin_ctx(word) != ctx && pin_ctx(word) != CONTEXT_ALL {
             // A nested pin on another context: widen the pin to all contexts (same pin count).
@@ -471,6 +472,18 @@ impl Lane {
         }
     }
 
+    /// Pins the lane on `ctx` without translating: translations made while the returned guard lives skip the
+    /// pin's memory barrier (the dominant cost of a TLB hit), and invalidations of `ctx` wait for the guard.
+    /// Use it around one chunk of work (say, the source and destination pages of one copy), never across a
+    /// stall. Fails only for an out-of-range context.
+    pub fn pin(&self, ctx: u16) -> Result<PinGuard<'_>, TranslateError> {
+        if usize::from(ctx) >= self.mmu.contexts.len() {
+            return Err(TranslateError::BadContext(ctx));
+        }
+        self.pin_raw(ctx);
+        Ok(PinGuard { lane: self })
+    }
+
     /// Translates an `access` to `va` in context `ctx`, reading page tables from `mem` on a TLB miss.
     ///
     /// On success the returned [`Access`] pins the translation: an invalidation of it waits until the guard is
@@ -490,7 +503,7 @@ impl Lane {
             .contexts
             .get(usize::from(ctx))
             .ok_or(TranslateError::BadContext(ctx))?;
-        self.pin(ctx);
+        self.pin_raw(ctx);
         match self.translate_pinned(slot, ctx, va, access, mem) {
             Ok(translation) => Ok(Access {
                 lane: self,
@@ -503,7 +516,7 @@ impl Lane {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn translate_pinned<M: PhysMem + ?Sized>(
         &self,
         c: &ContextSlot,
@@ -543,6 +556,19 @@ impl Lane {
             }
             .into())
         }
+    }
+}
+
+/// An explicit pin of a lane on a context (see [`Lane::pin`]); unpins when dropped.
+#[derive(Debug)]
+#[must_use = "the pin lasts as long as the guard"]
+pub struct PinGuard<'l> {
+    lane: &'l Lane,
+}
+
+impl Drop for PinGuard<'_> {
+    fn drop(&mut self) {
+        self.lane.unpin();
     }
 }
 
