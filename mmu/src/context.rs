@@ -162,6 +162,20 @@ struct LaneSlot {
     walks: AtomicU64,
 }
 
+impl LaneSlot {
+    /// Drops one level of pinning; the last one publishes "not pinned" (Release: the lane's accesses happen
+    /// before an invalidation that sees it).
+    #[inline]
+    fn unpin(&self) {
+        let depth = self.depth.load(Ordering::Relaxed).saturating_sub(1);
+        self.depth.store(depth, Ordering::Relaxed);
+        if depth == 0 {
+            let word = self.word.load(Ordering::Relaxed);
+            self.word.store(word & !PINNED, Ordering::Release);
+        }
+    }
+}
+
 /// Adds one to a counter that only one thread writes (no read-modify-write needed).
 #[inline]
 fn bump(c: &AtomicU64) {
@@ -462,16 +476,6 @@ impl Lane {
         slot.depth.store(depth + 1, Ordering::Relaxed);
     }
 
-    fn unpin(&self) {
-        let slot = self.slot();
-        let depth = slot.depth.load(Ordering::Relaxed).saturating_sub(1);
-        slot.depth.store(depth, Ordering::Relaxed);
-        if depth == 0 {
-            let word = slot.word.load(Ordering::Relaxed);
-            slot.word.store(word & !PINNED, Ordering::Release);
-        }
-    }
-
     /// Pins the lane on `ctx` without translating: translations made while the returned guard lives skip the
     /// pin's memory barrier (the dominant cost of a TLB hit), and invalidations of `ctx` wait for the guard.
     /// Use it around one chunk of work (say, the source and destination pages of one copy), never across a
@@ -481,7 +485,10 @@ impl Lane {
             return Err(TranslateError::BadContext(ctx));
         }
         self.pin_raw(ctx);
-        Ok(PinGuard { lane: self })
+        Ok(PinGuard {
+            slot: self.slot(),
+            _lane: PhantomData,
+        })
     }
 
     /// Translates an `access` to `va` in context `ctx`, reading page tables from `mem` on a TLB miss.
@@ -506,11 +513,12 @@ impl Lane {
         self.pin_raw(ctx);
         match self.translate_pinned(slot, ctx, va, access, mem) {
             Ok(translation) => Ok(Access {
-                lane: self,
+                slot: self.slot(),
                 translation,
+                _lane: PhantomData,
             }),
             Err(e) => {
-                self.unpin();
+                self.slot().unpin();
                 Err(e)
             }
         }
@@ -563,12 +571,14 @@ impl Lane {
 #[derive(Debug)]
 #[must_use = "the pin lasts as long as the guard"]
 pub struct PinGuard<'l> {
-    lane: &'l Lane,
+    slot: &'l LaneSlot,
+    /// Keeps the guard on the lane's thread (`&Lane` is not `Send`).
+    _lane: PhantomData<&'l Lane>,
 }
 
 impl Drop for PinGuard<'_> {
     fn drop(&mut self) {
-        self.lane.unpin();
+        self.slot.unpin();
     }
 }
 
@@ -576,8 +586,10 @@ impl Drop for PinGuard<'_> {
 /// bytes of the page have been accessed, and never block while holding it.
 #[derive(Debug)]
 pub struct Access<'l> {
-    lane: &'l Lane,
+    slot: &'l LaneSlot,
     translation: Translation,
+    /// Keeps the guard on the lane's thread (`&Lane` is not `Send`).
+    _lane: PhantomData<&'l Lane>,
 }
 
 impl Access<'_> {
@@ -595,7 +607,8 @@ impl std::ops::Deref for Access<'_> {
 }
 
 impl Drop for Access<'_> {
+    #[inline]
     fn drop(&mut self) {
-        self.lane.unpin();
+        self.slot.unpin();
     }
 }

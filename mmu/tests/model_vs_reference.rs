@@ -226,7 +226,7 @@ fn run(ops: Vec<Op>, sets: u32, ways: u32) -> Result<(), TestCaseError> {
             let ctx = CTXS.iter().position(|&c| c == e.ctx).unwrap();
             let want = ref_lookup(&refs[ctx], e.va_base);
             prop_assert_eq!(
-                want.map(|(b, s, pa, p)| (b, s, pa, p)),
+                want,
                 Some((
                     e.va_base,
                     e.translation.page_size,
