@@ -1,5 +1,5 @@
 //! Benchmarks: TLB hit (raw lookup and full `Lane::translate`), page-table walks, the miss path, and the
-//! fault-ring push + drain cycle. Run: `cargo bench -p faultline-mmu -- --quick`.
+//! fault-ring push + drain cycle. Run: `cargo bench -p faultline-mmu --bench mmu` (add `-- --quick` for a fast pass).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,7 +5,8 @@
 //! returns an [`Access`] guard holding the translation. The lane keeps the guard while it moves the bytes of
 //! that page and drops it afterwards. `translate` samples the context's *walk generation* before anything else,
 //! looks the TLB up, and on a miss walks the page table and fills the TLB only if the generation is unchanged
-//! (checked while the TLB set is locked).
+//! (checked while the TLB set is locked). A lane that translates several pages for one piece of work can take
+//! a [`PinGuard`] with [`Lane::pin`] first: nested translations then skip the pin's barrier.
 //!
 //! # Invalidating
 //! [`Mmu::invalidate`] (and `_ctx`, `_all`, `bind`, `unbind`) runs on the command processor:
@@ -29,7 +30,8 @@
 //! sees the page table as it was when the invalidation started. So once the command that follows (a FENCE) is
 //! visible, the device never again uses a translation removed before the INVALIDATE.
 //!
-//! Waiting makes one rule essential: **a lane must not block (stall for a replay, take a lock held across a
+//! Guards must be dropped, not leaked (`mem::forget` of an [`Access`] would make every later invalidation of
+//! its context wait forever). Waiting makes one rule essential: **a lane must not block (stall for a replay, take a lock held across a
 //! command) while it holds an `Access`**, or the command processor would wait for a lane that waits for a
 //! command. [`StallTable::register`](crate::stall::StallTable::register) refuses a pinned lane.
 
@@ -385,7 +387,7 @@ impl Mmu {
         }
         // 2. Remove the cached translations.
         flush(&self.tlb);
-        // 3. Pairs with the fence in `Lane::pin` (Dekker): either we see a lane's pin or it sees steps 1 and 2.
+        // 3. Pairs with the fence in `Lane::pin_raw` (Dekker): either we see a lane's pin or it sees steps 1 and 2.
         fence(Ordering::SeqCst);
         let waits = self
             .lanes
