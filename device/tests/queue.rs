@@ -430,3 +430,37 @@ fn shutdown_is_idempotent_and_regions_still_answer() {
     assert_eq!(h.reg(abi::REG_ID), abi::ID_MAGIC);
     h.dev.reset();
 }
+
+#[test]
+fn addresses_at_the_top_of_the_address_space_fail_cleanly() {
+    let mut h = setup(4);
+    h.submit(&[Cmd::fence(u64::MAX - 7, 1, 0)]);
+    assert_error(&h, abi::ERR_FENCE_DMA);
+    let mut h = setup(4);
+    h.submit(&[Cmd::stats(u64::MAX - 3, u64::MAX)]);
+    assert_error(&h, abi::ERR_FENCE_DMA);
+    let mut h = Harness::new();
+    h.enable_msix();
+    h.program_queue(u64::MAX & !0xfff, abi::CQ_MAX_ENTRIES, WB);
+    assert_error(&h, abi::ERR_CQ_CONFIG);
+    let mut h = Harness::new();
+    h.enable_msix();
+    h.program_queue(CQ_BASE, 8, u64::MAX & !0x3f);
+    assert_error(&h, abi::ERR_WB_CONFIG);
+}
+
+#[test]
+fn ring_unmapped_after_enable_is_cq_dma() {
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    let mut h = setup(8);
+    h.submit(&[Cmd::nop()]);
+    h.drain();
+    // DMA_UNMAP of the ring: guest memory now ends below it (the writeback block stays mapped).
+    let smaller =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), CQ_BASE as usize)]).unwrap();
+    h.mem.lock().unwrap().replace(smaller);
+    h.set_reg(abi::REG_CQ_TAIL, 2);
+    assert_error(&h, abi::ERR_CQ_DMA);
+    assert_eq!(h.reg(abi::REG_ERROR_INFO), 1);
+    assert_eq!(h.wb_error(), abi::ERR_CQ_DMA);
+}
