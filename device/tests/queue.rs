@@ -441,11 +441,11 @@ fn addresses_at_the_top_of_the_address_space_fail_cleanly() {
     assert_error(&h, abi::ERR_FENCE_DMA);
     let mut h = Harness::new();
     h.enable_msix();
-    h.program_queue(u64::MAX & !0xfff, abi::CQ_MAX_ENTRIES, WB);
+    h.program_queue(!0xfff_u64, abi::CQ_MAX_ENTRIES, WB);
     assert_error(&h, abi::ERR_CQ_CONFIG);
     let mut h = Harness::new();
     h.enable_msix();
-    h.program_queue(CQ_BASE, 8, u64::MAX & !0x3f);
+    h.program_queue(CQ_BASE, 8, !0x3f_u64);
     assert_error(&h, abi::ERR_WB_CONFIG);
 }
 
