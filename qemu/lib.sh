@@ -18,7 +18,7 @@
 #   build_initramfs OUT CMD [FILE...]  busybox initramfs whose /init runs CMD and reports its status
 #   start_server NAME SOCKET LOG [ARG...], start_servers N DIR [ARG...]
 #   check_servers, stop_servers, print_server_logs [LINES]
-#   boot_guest [OPTIONS] INITRD LOG [SOCKET...]
+#   boot_guest [OPTIONS] INITRD LOG [SOCKET...], kill_guest
 #
 # Variables set by sourcing (override the cache location with FAULTLINE_CACHE; several worktrees
 # can share one cache that way):
@@ -30,7 +30,7 @@
 #   FL_KVER        guest kernel release, e.g. 6.12.95+deb12-amd64 (empty until qemu/setup ran)
 #   FL_BZIMAGE     guest kernel image
 #   FL_KDIR        kbuild dir for out-of-tree modules: make -C "$FL_KDIR" M=DIR PAHOLE="$FL_PAHOLE"
-#   FL_SERVER_BIN  faultline-server built by `cargo build --release`
+#   FL_SERVER_BIN  faultline-server built by `cargo build --release` (FAULTLINE_SERVER_BIN overrides)
 #   FL_EXIT_MARKER the guest prints "$FL_EXIT_MARKER <status>" on the serial console when done
 #
 # Conventions: functions return non-zero instead of exiting unless their name says otherwise
@@ -42,9 +42,10 @@ FL_CACHE=${FAULTLINE_CACHE:-$FL_REPO/.cache}
 FL_QEMU=$FL_CACHE/bin/qemu-system-x86_64
 FL_PAHOLE=$FL_CACHE/bin/pahole
 FL_BUSYBOX=$FL_CACHE/busybox/bin/busybox
-FL_SERVER_BIN=$FL_REPO/target/release/faultline-server
+FL_SERVER_BIN=${FAULTLINE_SERVER_BIN:-$FL_REPO/target/release/faultline-server}
 FL_EXIT_MARKER=FAULTLINE-EXIT
 FL_INSMOD_MARKER=FAULTLINE-INSMOD-FAILED
+FL_QEMU_PID=''
 FL_KVER=
 FL_BZIMAGE=
 FL_KDIR=
@@ -221,7 +222,7 @@ build_initramfs() {
         mknod -m 600 dev/console c 5 1 2>/dev/null || true
         printf 'root:x:0:0:root:/root:/bin/sh\n' >etc/passwd
         printf 'root:x:0:\n' >etc/group
-        printf '%s\n' "$cmd" >etc/faultline/cmd
+        if [[ -n $cmd ]]; then printf '%s\n' "$cmd" >etc/faultline/cmd; fi
         _fl_write_init >init
         chmod 755 init
         for spec in "$@"; do
@@ -431,6 +432,13 @@ print_server_logs() {
 
 # ---------------------------------------------------------------------------------------------
 
+# _fl_json_string STR: print STR as a JSON string literal.
+_fl_json_string() {
+    local s=${1//\\/\\\\}
+    s=${s//\"/\\\"}
+    printf '"%s"\n' "$s"
+}
+
 # boot_guest [OPTIONS] INITRD LOG [SOCKET...]
 #   Boot the guest kernel with INITRD (from build_initramfs) on q35: 2 vCPUs, 1 GiB of shared
 #   memfd-backed RAM (vfio-user servers need the fd to reach guest memory), -nodefaults, no
@@ -449,7 +457,8 @@ print_server_logs() {
 #     --mem SIZE          guest RAM (default 1G);  --cpus N   vCPUs (default 2)
 #   Calls choose_accel unless ACCEL_ARGS is already set.
 #   Returns the guest command's status, taken from the last "$FL_EXIT_MARKER N" console line.
-#   Harness failures return 124 (timeout) or 125 (anything else), with the log tail printed.
+#   Harness failures return 124 (timeout) or 125 (anything else), with the console's tail printed
+#   on stderr (unless it was just streamed to the same file as stderr).
 #   GUEST_RESULT says what happened: ok, timeout, panic, no-marker, qemu-error, insmod-failed;
 #   GUEST_STATUS is the status returned; GUEST_SECONDS the wall time of the boot.
 boot_guest() {
@@ -497,15 +506,15 @@ boot_guest() {
         -kernel "$FL_BZIMAGE" -initrd "$initrd"
         -append "console=ttyS0 quiet panic=-1 ${append}")
     for sock in "$@"; do
-        arg="{\"driver\":\"vfio-user-pci\",\"id\":\"gpu$i\",\"socket\":{\"type\":\"unix\",\"path\":\"$sock\"}"
+        arg="{\"driver\":\"vfio-user-pci\",\"id\":\"gpu$i\",\"socket\":{\"type\":\"unix\",\"path\":$(_fl_json_string "$sock")}"
         [[ -z $devopts ]] || arg+=",$devopts"
         cmd+=(-device "$arg}")
         i=$((i + 1))
     done
     if ((interactive)); then
         # shellcheck disable=SC2054
-        cmd+=(-chardev "stdio,id=con,mux=on,signal=off,logfile=$log"
-            -serial chardev:con -mon chardev=con,mode=readline)
+        cmd+=(-display none -chardev "stdio,id=con,mux=on,signal=off,logfile=$log"
+            -serial chardev:con -object monitor-hmp,id=hmp,chardev=con)
     elif ((quiet)); then
         cmd+=(-display none -chardev "file,id=con,path=$log" -serial chardev:con)
     else
@@ -526,6 +535,7 @@ boot_guest() {
     else
         "${cmd[@]}" </dev/null 2>"$log.stderr" &
         qpid=$!
+        FL_QEMU_PID=$qpid
         ((timeout == 0)) || deadline=$((SECONDS + timeout))
         while kill -0 "$qpid" 2>/dev/null; do
             if ((deadline && SECONDS >= deadline)); then
@@ -542,6 +552,7 @@ boot_guest() {
             sleep 0.1
         done
         wait "$qpid" || qst=$?
+        FL_QEMU_PID=''
         if [[ -s $log.stderr ]]; then sed 's/^/qemu: /' "$log.stderr" >&2; fi
     fi
     GUEST_SECONDS=$(fl_since "$start")
@@ -565,14 +576,29 @@ boot_guest() {
         GUEST_RESULT=no-marker GUEST_STATUS=125
         fl_warn "the guest stopped without printing '$FL_EXIT_MARKER <status>'"
     fi
-    if [[ $GUEST_RESULT != ok ]] && ((quiet || interactive == 0)) && [[ -s $log ]]; then
-        if ((quiet)) || [[ $GUEST_RESULT != insmod-failed ]]; then
-            printf -- '----- guest console (%s, last 40 lines) -----\n' "$log" >&2
-            tr -d '\r' <"$log" | tail -n 40 >&2
-            printf -- '----- end of guest console -----\n' >&2
-        fi
+    # Print the console tail on failure, unless it was just streamed to the same place as stderr.
+    if [[ $GUEST_RESULT != ok && -s $log ]] &&
+        { ((quiet)) || ! [[ /dev/stdout -ef /dev/stderr ]]; } && ((interactive == 0)); then
+        printf -- '----- guest console (%s, last 40 lines) -----\n' "$log" >&2
+        tr -d '\r' <"$log" | tail -n 40 >&2
+        printf -- '----- end of guest console -----\n' >&2
     fi
     return "$GUEST_STATUS"
+}
+
+# kill_guest: stop a QEMU that boot_guest started and has not reaped yet (for traps: when the
+# script is interrupted, boot_guest does not get to finish). SIGTERM, then SIGKILL after 5 s.
+kill_guest() {
+    local pid=${FL_QEMU_PID:-} j
+    [[ -n $pid ]] || return 0
+    FL_QEMU_PID=''
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((j = 0; j < 50; j++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
 }
 
 # _fl_watch_servers: warn once about any server that exits while the guest runs.
