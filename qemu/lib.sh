@@ -198,48 +198,54 @@ build_initramfs() {
         fl_warn "usage: build_initramfs OUT INIT_CMD [SRC[:DEST]...]"
         return 2
     fi
-    local out=$1 cmd=$2 spec src dest root applet rc=0
+    local out=$1 cmd=$2 spec src dest root rc=0
+    local -a copies=()
     shift 2
     [[ -x $FL_BUSYBOX ]] || {
         fl_warn "busybox is not provisioned ($FL_BUSYBOX); run qemu/setup"
         return 1
     }
+    # Resolve every path before working inside the staging directory.
+    out=$(realpath -m -- "$out") || return 1
+    for spec in "$@"; do
+        src=${spec%%:*}
+        dest=''
+        if [[ $spec == *:* ]]; then dest=${spec#*:}; fi
+        [[ -e $src ]] || {
+            fl_warn "initramfs: no such file: $src"
+            return 1
+        }
+        if [[ -z $dest ]]; then
+            if [[ -f $src && -x $src ]]; then dest=/bin/; else dest=/; fi
+        fi
+        [[ $dest == /* ]] || dest=/$dest
+        if [[ $dest == */ ]]; then dest=$dest${src##*/}; fi
+        copies+=("$(realpath -- "$src")" "$dest")
+    done
     root=$(mktemp -d "${TMPDIR:-/tmp}/faultline-initramfs.XXXXXX") || return 1
-    # Everything below runs in a subshell with errexit on, so a failed step fails the build even
-    # when the caller tests our status (which disables set -e in function bodies).
+    # Explicit checks: `set -e` does not apply inside a function whose caller tests its status.
     (
-        set -euo pipefail
-        cd "$root"
-        mkdir -p bin dev proc sys tmp run root etc/faultline mnt usr lib/modules
-        ln -s bin sbin
-        ln -s ../bin usr/bin
-        ln -s ../bin usr/sbin
-        cp "$FL_BUSYBOX" bin/busybox
+        cd "$root" || exit 1
+        mkdir -p bin dev proc sys tmp run root etc/faultline mnt usr lib/modules || exit 1
+        ln -s bin sbin && ln -s ../bin usr/bin && ln -s ../bin usr/sbin || exit 1
+        cp "$FL_BUSYBOX" bin/busybox || exit 1
         for applet in $("$FL_BUSYBOX" --list); do
-            [[ -e bin/$applet ]] || ln -s busybox "bin/$applet"
+            [[ -e bin/$applet ]] || ln -s busybox "bin/$applet" || exit 1
         done
         # The kernel opens /dev/console before /init runs; make sure it exists (needs root).
         mknod -m 600 dev/console c 5 1 2>/dev/null || true
-        printf 'root:x:0:0:root:/root:/bin/sh\n' >etc/passwd
-        printf 'root:x:0:\n' >etc/group
-        if [[ -n $cmd ]]; then printf '%s\n' "$cmd" >etc/faultline/cmd; fi
-        _fl_write_init >init
-        chmod 755 init
-        for spec in "$@"; do
-            src=${spec%%:*}
-            dest=
-            if [[ $spec == *:* ]]; then dest=${spec#*:}; fi
-            [[ -e $src ]] || { echo "faultline: error: initramfs file not found: $src" >&2; exit 1; }
-            if [[ -z $dest ]]; then
-                if [[ -f $src && -x $src ]]; then dest=/bin/; else dest=/; fi
-            fi
-            [[ $dest == /* ]] || dest=/$dest
-            if [[ $dest == */ ]]; then dest=$dest${src##*/}; fi
-            mkdir -p ".${dest%/*}"
-            rm -rf ".$dest"
-            cp -a "$src" ".$dest"
+        printf 'root:x:0:0:root:/root:/bin/sh\n' >etc/passwd || exit 1
+        printf 'root:x:0:\n' >etc/group || exit 1
+        if [[ -n $cmd ]]; then printf '%s\n' "$cmd" >etc/faultline/cmd || exit 1; fi
+        _fl_write_init >init && chmod 755 init || exit 1
+        set -- "${copies[@]}"
+        while (($#)); do
+            # Later entries win; symlinks are followed (their targets would not exist in the guest).
+            mkdir -p ".${2%/*}" && rm -rf ".$2" && cp -RL --preserve=mode,timestamps "$1" ".$2" || exit 1
+            shift 2
         done
-        find . -mindepth 1 | LC_ALL=C sort | "$FL_BUSYBOX" cpio -o -H newc >"$out.tmp" 2>/dev/null
+        set -o pipefail
+        find . -mindepth 1 | LC_ALL=C sort | "$FL_BUSYBOX" cpio -o -H newc >"$out.tmp" 2>/dev/null || exit 1
     ) || rc=$?
     rm -rf "$root"
     if ((rc != 0)); then
@@ -331,7 +337,7 @@ start_server() {
     deadline=$((SECONDS + ${FAULTLINE_SERVER_START_TIMEOUT:-10}))
     until [[ -S $sock ]]; do
         if ! kill -0 "$pid" 2>/dev/null; then
-            wait "$pid" || st=$?
+            wait "$pid" 2>/dev/null || st=$?
             SERVER_STATUS[$name]=$st
             fl_warn "server $name exited ($(_fl_describe_status "$st")) before creating $sock"
             print_server_logs 40 "$name"
