@@ -10,7 +10,7 @@
 # Public functions are listed here; each is documented where it is defined.
 #
 #   fl_msg / fl_warn / fl_die MSG...   messages on stderr, prefixed "faultline:"
-#   fl_now, fl_since START             wall-clock timing helpers
+#   fl_now, fl_elapsed START, fl_since START   wall-clock timing helpers
 #   need_setup, ensure_setup           is something missing from the cache? run qemu/setup if so
 #   choose_accel                       KVM or TCG; sets ACCEL_NAME and ACCEL_ARGS, says which
 #   build_server, build_guest_tests    cargo build the server; make -C guest-tests
@@ -77,7 +77,10 @@ fl_die() {
 # fl_now: print the wall-clock time in seconds (with microseconds).
 fl_now() { printf '%s\n' "$EPOCHREALTIME"; }
 
-# fl_since START: print the seconds elapsed since START (from fl_now), e.g. "7.9 s".
+# fl_elapsed START: print the seconds elapsed since START (from fl_now), e.g. "7.93".
+fl_elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f\n", b - a }'; }
+
+# fl_since START: the same for people, e.g. "7.9 s".
 fl_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f s\n", b - a }'; }
 
 # need_setup: succeed (status 0) if anything qemu/setup provides is missing.
@@ -466,7 +469,9 @@ _fl_json_string() {
 #   Harness failures return 124 (timeout) or 125 (anything else), with the console's tail printed
 #   on stderr (unless it was just streamed to the same file as stderr).
 #   GUEST_RESULT says what happened: ok, timeout, panic, no-marker, qemu-error, insmod-failed;
-#   GUEST_STATUS is the status returned; GUEST_SECONDS the wall time of the boot.
+#   GUEST_STATUS is the status returned; GUEST_SECONDS the wall time QEMU ran (e.g. 4.12);
+#   GUEST_KERNEL_ISSUES the number of kernel WARNING/BUG/Oops reports on the console (warned
+#   about, but they do not change the status: callers decide).
 boot_guest() {
     local timeout='' interactive=0 quiet=0 append='' devopts='' mem=1G cpus=2 arg
     local -a extra=()
@@ -495,7 +500,7 @@ boot_guest() {
     fi
     local initrd=$1 log=$2 i=0 j sock qpid qst=0 start timed_out=0 deadline=0 status
     shift 2
-    GUEST_RESULT='' GUEST_STATUS=125 GUEST_SECONDS=''
+    GUEST_RESULT='' GUEST_STATUS=125 GUEST_SECONDS='' GUEST_KERNEL_ISSUES=0
     [[ -n $timeout ]] || { if ((interactive)); then timeout=0; else timeout=600; fi; }
     [[ -f $FL_BZIMAGE && -x $FL_QEMU ]] || {
         fl_warn "QEMU or the guest kernel is not provisioned; run qemu/setup"
@@ -561,7 +566,7 @@ boot_guest() {
         FL_QEMU_PID=''
         if [[ -s $log.stderr ]]; then sed 's/^/qemu: /' "$log.stderr" >&2; fi
     fi
-    GUEST_SECONDS=$(fl_since "$start")
+    GUEST_SECONDS=$(fl_elapsed "$start")
 
     status=$(tr -d '\r' <"$log" | grep -aoE "$FL_EXIT_MARKER [0-9]+" | tail -n 1 | cut -d' ' -f2) || true
     if ((timed_out)); then
@@ -581,6 +586,11 @@ boot_guest() {
     else
         GUEST_RESULT=no-marker GUEST_STATUS=125
         fl_warn "the guest stopped without printing '$FL_EXIT_MARKER <status>'"
+    fi
+    GUEST_KERNEL_ISSUES=$(tr -d '\r' <"$log" | grep -acE \
+        '^\[ *[0-9.]+\] (WARNING:|BUG:|Oops|general protection fault|Kernel panic|INFO: task .* blocked)') || true
+    if ((GUEST_KERNEL_ISSUES > 0)) && [[ $GUEST_RESULT != panic ]]; then
+        fl_warn "the guest kernel reported $GUEST_KERNEL_ISSUES problem(s) (WARNING/BUG/Oops) on the console"
     fi
     # Print the console tail on failure, unless it was just streamed to the same place as stderr.
     if [[ $GUEST_RESULT != ok && -s $log ]] &&
