@@ -311,13 +311,15 @@ EOF
 declare -ga SERVER_NAMES=()   # names in start order
 declare -ga SERVER_SOCKETS=() # sockets in start order (boot_guest attaches them as gpu0, gpu1, ...)
 declare -gA SERVER_PID=() SERVER_SOCKET=() SERVER_LOG=() SERVER_STATUS=() SERVER_STOPPED=()
+declare -gA SERVER_OWNER=() # $BASHPID of the shell that started it (only it can `wait` for it)
 
 # start_server NAME SOCKET LOG [SERVER_ARG...]
 #   Run "$FL_SERVER_BIN --socket SOCKET [SERVER_ARG...]" in the background, stdout and stderr to LOG
 #   (a stale SOCKET is removed first), and wait until SOCKET exists: up to
 #   FAULTLINE_SERVER_START_TIMEOUT seconds (default 10). Fails, with the log, if the server exits
 #   before that. Records the instance in SERVER_NAMES, SERVER_SOCKETS, SERVER_PID[NAME],
-#   SERVER_SOCKET[NAME], SERVER_LOG[NAME].
+#   SERVER_SOCKET[NAME], SERVER_LOG[NAME]. A NAME may be reused once its previous server has
+#   exited or been stopped (its old record is replaced).
 start_server() {
     if (($# < 3)); then
         fl_warn "usage: start_server NAME SOCKET LOG [SERVER_ARG...]"
@@ -329,6 +331,7 @@ start_server() {
         fl_warn "$FL_SERVER_BIN not built (cargo build --release -p faultline-server)"
         return 1
     }
+    _fl_forget_server "$name" || return 1
     rm -f "$sock"
     "$FL_SERVER_BIN" --socket "$sock" "$@" </dev/null >"$log" 2>&1 &
     pid=$!
@@ -337,6 +340,7 @@ start_server() {
     SERVER_PID[$name]=$pid
     SERVER_SOCKET[$name]=$sock
     SERVER_LOG[$name]=$log
+    SERVER_OWNER[$name]=$BASHPID
     deadline=$((SECONDS + ${FAULTLINE_SERVER_START_TIMEOUT:-10}))
     until [[ -S $sock ]]; do
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -356,6 +360,25 @@ start_server() {
     fl_msg "server $name: pid $pid, socket $sock, log $log"
 }
 
+# _fl_forget_server NAME: drop NAME's record (fails if that server is still running).
+_fl_forget_server() {
+    local name=$1 i names=() socks=()
+    [[ -n ${SERVER_PID[$name]:-} ]] || return 0
+    if [[ -z ${SERVER_STATUS[$name]:-} ]] && kill -0 "${SERVER_PID[$name]}" 2>/dev/null; then
+        fl_warn "server $name (pid ${SERVER_PID[$name]}) is still running; stop_servers first"
+        return 1
+    fi
+    for i in "${!SERVER_NAMES[@]}"; do
+        [[ ${SERVER_NAMES[$i]} == "$name" ]] && continue
+        names+=("${SERVER_NAMES[$i]}")
+        socks+=("${SERVER_SOCKETS[$i]}")
+    done
+    SERVER_NAMES=("${names[@]}")
+    SERVER_SOCKETS=("${socks[@]}")
+    unset 'SERVER_PID[$name]' 'SERVER_SOCKET[$name]' 'SERVER_LOG[$name]' 'SERVER_STATUS[$name]' \
+        'SERVER_STOPPED[$name]' 'SERVER_OWNER[$name]'
+}
+
 # start_servers N DIR [SERVER_ARG...]: start_server gpu0..gpu(N-1) with sockets DIR/gpuI.sock and
 # logs DIR/gpuI.log.
 start_servers() {
@@ -368,19 +391,26 @@ start_servers() {
 
 # _fl_describe_status STATUS: "exit status N" or "killed by SIGNAME".
 _fl_describe_status() {
-    if (($1 > 128)); then
+    if [[ ! $1 =~ ^[0-9]+$ ]]; then
+        printf 'status unknown\n'
+    elif (($1 > 128)); then
         printf 'killed by SIG%s\n' "$(kill -l "$(($1 - 128))" 2>/dev/null || echo "$(($1 - 128))")"
     else
         printf 'exit status %s\n' "$1"
     fi
 }
 
-# _fl_reap_server NAME: if NAME's process has exited, record its status and succeed.
+# _fl_reap_server NAME: if NAME's process has exited, record its status and succeed. In a
+# subshell (e.g. boot_guest run with &) the server is not our child: its status is "unknown".
 _fl_reap_server() {
     local name=$1 st=0
     [[ -n ${SERVER_STATUS[$name]:-} ]] && return 0
     kill -0 "${SERVER_PID[$name]}" 2>/dev/null && return 1
-    wait "${SERVER_PID[$name]}" 2>/dev/null || st=$?
+    if [[ ${SERVER_OWNER[$name]:-} == "$BASHPID" ]]; then
+        wait "${SERVER_PID[$name]}" 2>/dev/null || st=$?
+    else
+        st=unknown
+    fi
     SERVER_STATUS[$name]=$st
 }
 
