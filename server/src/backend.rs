@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use faultline_device::{AccessError, DeviceConfig, GuestMem, InterruptSink, RegionInfo};
+use faultline_device::{AccessError, Device, DeviceConfig, GuestMem, InterruptSink, RegionInfo};
 
 /// Operations the server performs on the device. Implementations never block on device work.
 pub trait DeviceBackend {
@@ -38,6 +38,41 @@ pub struct DeviceFactory {
 impl std::fmt::Debug for DeviceFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceFactory").finish_non_exhaustive()
+    }
+}
+
+impl DeviceBackend for Device {
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        Device::region_info(self, index)
+    }
+    fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
+        Device::region_read(self, index, offset, data)
+    }
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
+        Device::region_write(self, index, offset, data)
+    }
+    fn reset(&self) {
+        Device::reset(self)
+    }
+    fn stats(&self) -> Vec<u64> {
+        Device::stats(self)
+    }
+    fn shutdown(&self) {
+        Device::shutdown(self)
+    }
+}
+
+impl DeviceFactory {
+    /// A factory of real faultline devices with `config`.
+    pub fn faultline(config: DeviceConfig) -> DeviceFactory {
+        DeviceFactory {
+            irq_count: Device::irq_count,
+            create: Box::new(move |mem, irq| {
+                Device::new(config.clone(), mem, irq)
+                    .map(|d| Box::new(d) as Box<dyn DeviceBackend>)
+                    .map_err(|e| e.to_string())
+            }),
+        }
     }
 }
 

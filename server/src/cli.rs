@@ -59,7 +59,8 @@ mod tests {
 
     #[test]
     fn parses() {
-        let a = Args::try_parse_from(["x", "--socket", "/tmp/s", "-vv", "--tlb-ways", "4"]).unwrap();
+        let a =
+            Args::try_parse_from(["x", "--socket", "/tmp/s", "-vv", "--tlb-ways", "4"]).unwrap();
         assert_eq!(a.socket, PathBuf::from("/tmp/s"));
         assert_eq!(a.log_level(), log::LevelFilter::Trace);
         assert_eq!(a.tlb_ways, Some(4));

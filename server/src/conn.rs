@@ -213,7 +213,8 @@ impl MutEventSubscriber for Connection {
         }
         let set = events.event_set();
         let mut result = Ok(());
-        if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP)
+        if set
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP)
         {
             result = self.on_readable();
         }
@@ -321,7 +322,11 @@ fn dispatch(
             log::warn!("posted {cmd} (id {}) failed, no reply sent: {e}", hdr.id)
         }
         Err(e) => {
-            log::warn!("{cmd} (id {}) refused with errno {}: {e}", hdr.id, e.errno());
+            log::warn!(
+                "{cmd} (id {}) refused with errno {}: {e}",
+                hdr.id,
+                e.errno()
+            );
             out.extend_from_slice(&encode_error_reply(hdr, e.errno()));
         }
     }
@@ -346,13 +351,22 @@ mod tests {
         assert!(check_framing(&hdr(16, 0)).is_ok());
         assert!(check_framing(&hdr(16, FLAG_NO_REPLY)).is_ok());
         assert!(check_framing(&hdr(16, TYPE_REPLY | FLAG_ERROR)).is_ok());
-        assert!(matches!(check_framing(&hdr(15, 0)), Err(StreamError::SizeTooSmall(15))));
+        assert!(matches!(
+            check_framing(&hdr(15, 0)),
+            Err(StreamError::SizeTooSmall(15))
+        ));
         assert!(matches!(
             check_framing(&hdr(MAX_MESSAGE_SIZE + 1, 0)),
             Err(StreamError::SizeTooLarge { .. })
         ));
-        assert!(matches!(check_framing(&hdr(16, 2)), Err(StreamError::BadType(2))));
-        assert!(matches!(check_framing(&hdr(16, 0x40)), Err(StreamError::ReservedFlags(0x40))));
+        assert!(matches!(
+            check_framing(&hdr(16, 2)),
+            Err(StreamError::BadType(2))
+        ));
+        assert!(matches!(
+            check_framing(&hdr(16, 0x40)),
+            Err(StreamError::ReservedFlags(0x40))
+        ));
         assert!(matches!(
             check_framing(&hdr(16, FLAG_ERROR)),
             Err(StreamError::ErrorFlagOnCommand)

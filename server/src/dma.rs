@@ -207,8 +207,9 @@ impl DmaSpace {
         let mem = if regions.is_empty() {
             GuestMemoryMmap::new()
         } else {
-            GuestMemoryMmap::from_arc_regions(regions)
-                .map_err(|e| RequestError::invalid(format!("DMA: cannot build guest memory: {e}")))?
+            GuestMemoryMmap::from_arc_regions(regions).map_err(|e| {
+                RequestError::invalid(format!("DMA: cannot build guest memory: {e}"))
+            })?
         };
         self.swap_in(mem);
         Ok(())
@@ -277,7 +278,9 @@ fn warn_if_shrinkable(file: &File) {
     // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
     if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-        log::debug!("DMA_MAP: file is not sealed against shrinking; the client must not truncate it");
+        log::debug!(
+            "DMA_MAP: file is not sealed against shrinking; the client must not truncate it"
+        );
     }
 }
 
@@ -286,7 +289,7 @@ mod tests {
     use super::*;
     use std::ffi::CString;
     use std::os::fd::FromRawFd;
-    use vm_memory::{Bytes, GuestMemory};
+    use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryBackend};
 
     fn memfd(size: u64) -> OwnedFd {
         let name = CString::new("dma-test").unwrap();
@@ -315,10 +318,14 @@ mod tests {
     fn map_publish_unmap() {
         let mem = GuestMem::new(GuestMemoryMmap::new());
         let mut d = DmaSpace::new(mem.clone());
-        d.map(&req(0x10000, 0x4000, RW), Some(memfd(0x4000))).unwrap();
+        d.map(&req(0x10000, 0x4000, RW), Some(memfd(0x4000)))
+            .unwrap();
         let m = mem.memory();
         m.write_obj(0x1234_5678u32, GuestAddress(0x10010)).unwrap();
-        assert_eq!(m.read_obj::<u32>(GuestAddress(0x10010)).unwrap(), 0x1234_5678);
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(0x10010)).unwrap(),
+            0x1234_5678
+        );
         assert!(m.read_obj::<u32>(GuestAddress(0x14000)).is_err());
         d.unmap(0x10000, 0x4000).unwrap();
         assert!(mem.memory().read_obj::<u32>(GuestAddress(0x10010)).is_err());
@@ -329,18 +336,31 @@ mod tests {
     fn errors() {
         let mem = GuestMem::new(GuestMemoryMmap::new());
         let mut d = DmaSpace::new(mem.clone());
-        d.map(&req(0x10000, 0x4000, RW), Some(memfd(0x4000))).unwrap();
+        d.map(&req(0x10000, 0x4000, RW), Some(memfd(0x4000)))
+            .unwrap();
         let e = |r: Result<(), RequestError>| r.unwrap_err().errno();
-        assert_eq!(e(d.map(&req(0x12000, 0x4000, RW), Some(memfd(0x4000)))), libc::EEXIST);
+        assert_eq!(
+            e(d.map(&req(0x12000, 0x4000, RW), Some(memfd(0x4000)))),
+            libc::EEXIST
+        );
         assert_eq!(e(d.map(&req(0xe000, 0x4000, RW), None)), libc::EEXIST);
         assert_eq!(e(d.map(&req(0x20000, 0, RW), None)), libc::EINVAL);
         assert_eq!(e(d.map(&req(0x20001, 0x1000, RW), None)), libc::EINVAL);
         assert_eq!(e(d.map(&req(0x20000, 0x1000, RW | 4), None)), libc::EINVAL);
-        assert_eq!(e(d.map(&req(0x20000, 0x1000, DMA_MAP_FLAG_WRITE), None)), libc::EINVAL);
-        assert_eq!(e(d.map(&req(u64::MAX - 0xfff, 0x2000, RW), None)), libc::EINVAL);
+        assert_eq!(
+            e(d.map(&req(0x20000, 0x1000, DMA_MAP_FLAG_WRITE), None)),
+            libc::EINVAL
+        );
+        assert_eq!(
+            e(d.map(&req(u64::MAX - 0xfff, 0x2000, RW), None)),
+            libc::EINVAL
+        );
         assert_eq!(e(d.map(&req(0, 2 << 40, RW), None)), libc::ENOSPC);
         // File too small for the region.
-        assert_eq!(e(d.map(&req(0x40000, 0x8000, RW), Some(memfd(0x4000)))), libc::EINVAL);
+        assert_eq!(
+            e(d.map(&req(0x40000, 0x8000, RW), Some(memfd(0x4000)))),
+            libc::EINVAL
+        );
         assert_eq!(e(d.unmap(0x10000, 0x1000)), libc::ENOENT);
         assert_eq!(e(d.unmap(0x90000, 0x1000)), libc::ENOENT);
         assert_eq!(d.len(), 1);
@@ -350,8 +370,10 @@ mod tests {
     fn fdless_and_readonly_are_recorded_not_visible() {
         let mem = GuestMem::new(GuestMemoryMmap::new());
         let mut d = DmaSpace::new(mem.clone());
-        d.map(&req(0xfffc0000, 0x40000, DMA_MAP_FLAG_READ), None).unwrap();
-        d.map(&req(0x1000, 0x1000, DMA_MAP_FLAG_READ), Some(memfd(0x1000))).unwrap();
+        d.map(&req(0xfffc0000, 0x40000, DMA_MAP_FLAG_READ), None)
+            .unwrap();
+        d.map(&req(0x1000, 0x1000, DMA_MAP_FLAG_READ), Some(memfd(0x1000)))
+            .unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(mem.memory().num_regions(), 0);
         d.unmap(0xfffc0000, 0x40000).unwrap();
@@ -364,7 +386,8 @@ mod tests {
         let mem = GuestMem::new(GuestMemoryMmap::new());
         let mut d = DmaSpace::new(mem);
         for i in 0..MAX_DMA_MAPS as u64 {
-            d.map(&req(i * 0x1000, 0x1000, DMA_MAP_FLAG_READ), None).unwrap();
+            d.map(&req(i * 0x1000, 0x1000, DMA_MAP_FLAG_READ), None)
+                .unwrap();
         }
         let e = d
             .map(&req(0x1000_0000, 0x1000, DMA_MAP_FLAG_READ), None)

@@ -84,7 +84,9 @@ pub enum RequestError {
     #[error("not supported: {0}")]
     NotSupported(String),
     /// The DMA region overlaps a mapped one.
-    #[error("DMA region {iova:#x}+{size:#x} overlaps the mapped region {other_iova:#x}+{other_size:#x}")]
+    #[error(
+        "DMA region {iova:#x}+{size:#x} overlaps the mapped region {other_iova:#x}+{other_size:#x}"
+    )]
     Overlap {
         /// New region address.
         iova: u64,

@@ -182,7 +182,8 @@ impl Irqs {
                 ))
             })?;
         let range = start as usize..end as usize;
-        let selected = |i: usize| select.is_none_or(|b| b.get(i - range.start).is_some_and(|&x| x != 0));
+        let selected =
+            |i: usize| select.is_none_or(|b| b.get(i - range.start).is_some_and(|&x| x != 0));
         match action {
             IrqAction::Assign(fds) => {
                 if fds.len() != range.len() {
@@ -300,10 +301,12 @@ mod tests {
             .unwrap();
         assert_eq!(e1.read().unwrap(), 1);
         // Masked: pending until unmasked.
-        irqs.apply(irq_index::MSIX, 0, 1, None, IrqAction::Mask).unwrap();
+        irqs.apply(irq_index::MSIX, 0, 1, None, IrqAction::Mask)
+            .unwrap();
         sink.signal(0);
         assert!(e0.read().is_err());
-        irqs.apply(irq_index::MSIX, 0, 1, None, IrqAction::Unmask).unwrap();
+        irqs.apply(irq_index::MSIX, 0, 1, None, IrqAction::Unmask)
+            .unwrap();
         assert_eq!(e0.read().unwrap(), 1);
         // Out-of-range vectors are dropped, not a panic.
         sink.signal(99);

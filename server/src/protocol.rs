@@ -209,7 +209,10 @@ pub fn encode_error_reply(request: &Header, errno: i32) -> Vec<u8> {
         message_size: HEADER_SIZE as u32,
         flags: TYPE_REPLY | FLAG_ERROR,
         // errno values are small positive numbers; never send 0 (QEMU takes 0 as success).
-        error: u32::try_from(errno).ok().filter(|&e| e != 0).unwrap_or(libc::EIO as u32),
+        error: u32::try_from(errno)
+            .ok()
+            .filter(|&e| e != 0)
+            .unwrap_or(libc::EIO as u32),
     }
     .write_to(&mut out);
     out

@@ -228,7 +228,12 @@ impl Session {
     }
 
     fn region_io_fds(&mut self, p: &[u8]) -> Result<Vec<u8>, RequestError> {
-        exact("DEVICE_GET_REGION_IO_FDS", p, REGION_IO_FDS_SIZE, "16 expected")?;
+        exact(
+            "DEVICE_GET_REGION_IO_FDS",
+            p,
+            REGION_IO_FDS_SIZE,
+            "16 expected",
+        )?;
         let mut r = Reader::new(p);
         let (argsz, flags, index) = (
             r.u32().unwrap_or(0),
@@ -431,7 +436,8 @@ impl Session {
 
     fn region_read(&mut self, p: &[u8]) -> Result<Vec<u8>, RequestError> {
         exact("REGION_READ", p, REGION_ACCESS_SIZE, "16 expected")?;
-        let a = RegionAccess::parse(p).ok_or_else(|| RequestError::invalid("REGION_READ: short"))?;
+        let a =
+            RegionAccess::parse(p).ok_or_else(|| RequestError::invalid("REGION_READ: short"))?;
         self.check_access(&a, false)?;
         let mut out = Vec::with_capacity(REGION_ACCESS_SIZE + a.count as usize);
         a.write_to(&mut out);

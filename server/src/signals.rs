@@ -45,9 +45,8 @@ impl SignalFd {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: signalfd returned a fresh descriptor that nothing else owns.
-        Ok(SignalFd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(SignalFd { fd })
     }
 
     /// Reads one pending signal number, `None` when there is none.
@@ -56,7 +55,13 @@ impl SignalFd {
         let mut info: libc::signalfd_siginfo = unsafe { mem::zeroed() };
         let size = mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reads at most `size` bytes into `info`, which is `size` bytes long.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), std::ptr::from_mut(&mut info).cast(), size) };
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                std::ptr::from_mut(&mut info).cast(),
+                size,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {

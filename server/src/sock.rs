@@ -49,13 +49,7 @@ pub fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
     let n = loop {
         // SAFETY: `msg` points at `iov` (which describes `buf`, valid for writes of its length)
         // and at `cbuf` (valid for writes of `msg_controllen` bytes); both outlive the call.
-        let n = unsafe {
-            libc::recvmsg(
-                fd,
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
         if n >= 0 {
             break n;
         }
@@ -86,7 +80,11 @@ pub fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
             for i in 0..count {
                 // SAFETY: `i * 4 + 4 <= data_len.min(avail)`, so the read stays inside `cbuf`;
                 // read_unaligned because CMSG_DATA gives no alignment promise to Rust.
-                let raw = unsafe { data.add(i * mem::size_of::<RawFd>()).cast::<RawFd>().read_unaligned() };
+                let raw = unsafe {
+                    data.add(i * mem::size_of::<RawFd>())
+                        .cast::<RawFd>()
+                        .read_unaligned()
+                };
                 if raw >= 0 {
                     // SAFETY: the kernel just installed `raw` in our fd table for us (SCM_RIGHTS);
                     // nothing else owns it.

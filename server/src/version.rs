@@ -68,7 +68,9 @@ pub fn parse_request(payload: &[u8]) -> Result<ClientCaps, RequestError> {
         return Err(RequestError::invalid("version data is not NUL-terminated"));
     };
     if text.contains(&0) {
-        return Err(RequestError::invalid("version data contains a NUL before its end"));
+        return Err(RequestError::invalid(
+            "version data contains a NUL before its end",
+        ));
     }
     let value: Value = serde_json::from_slice(text)
         .map_err(|e| RequestError::invalid(format!("version data is not valid JSON: {e}")))?;
@@ -103,7 +105,9 @@ pub fn parse_request(payload: &[u8]) -> Result<ClientCaps, RequestError> {
             }
             "migration" | "twin_socket" => {
                 if !v.is_object() {
-                    return Err(RequestError::invalid(format!("\"{name}\" is not an object")));
+                    return Err(RequestError::invalid(format!(
+                        "\"{name}\" is not an object"
+                    )));
                 }
             }
             other => log::debug!("VERSION: ignoring unknown capability {other:?}"),
