@@ -34,12 +34,18 @@ fn client_probes_the_device() {
             assert_eq!(r.size, size, "region {index} size");
         }
         let flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-        assert_eq!(r.flags & flags, if rw { flags } else { 0 }, "region {index} flags");
+        assert_eq!(
+            r.flags & flags,
+            if rw { flags } else { 0 },
+            "region {index} flags"
+        );
         assert!(r.file_offset.is_none(), "no region is mappable");
     }
     assert!(client.region(VFIO_PCI_NUM_REGIONS).is_none());
 
-    let msix = client.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX).expect("irq info");
+    let msix = client
+        .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
+        .expect("irq info");
     assert_eq!(msix.count, u32::from(abi::MSIX_VECTORS));
     assert_ne!(msix.flags & VFIO_IRQ_INFO_EVENTFD, 0);
     for (index, count) in [(0, 0), (1, 0), (3, 1), (4, 0)] {

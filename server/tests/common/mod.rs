@@ -106,8 +106,15 @@ impl Server {
     fn wait_for_socket(&mut self) {
         let deadline = Instant::now() + TIMEOUT;
         while !self.socket.exists() {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("server exited ({st}) before creating its socket:\n{}", self.log_text());
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "server exited ({st}) before creating its socket:\n{}",
+                    self.log_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -125,7 +132,10 @@ impl Server {
 
     /// Panics (with the log) unless the server process is still running.
     pub fn assert_alive(&mut self) {
-        let st = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait"));
+        let st = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"));
         if let Some(st) = st {
             panic!("server exited ({st}):\n{}", self.log_text());
         }
@@ -141,7 +151,9 @@ impl Server {
         self.assert_alive();
         let mut c = self.connect();
         c.negotiate();
-        let info = c.call(DEVICE_GET_INFO, &info_req(16)).expect("DEVICE_GET_INFO");
+        let info = c
+            .call(DEVICE_GET_INFO, &info_req(16))
+            .expect("DEVICE_GET_INFO");
         assert_eq!(u32_at(&info, 8), 9, "num_regions");
         drop(c);
         self.assert_alive();
@@ -300,8 +312,14 @@ impl Raw {
     /// Expects an error reply with `errno`.
     pub fn expect_errno(&mut self, cmd: u16, payload: &[u8], fds: &[RawFd], errno: i32) {
         match self.call_fds(cmd, payload, fds) {
-            Ok(p) => panic!("command {cmd} succeeded ({} bytes), expected errno {errno}", p.len()),
-            Err(e) => assert_eq!(e, errno as u32, "command {cmd}: errno {e}, expected {errno}"),
+            Ok(p) => panic!(
+                "command {cmd} succeeded ({} bytes), expected errno {errno}",
+                p.len()
+            ),
+            Err(e) => assert_eq!(
+                e, errno as u32,
+                "command {cmd}: errno {e}, expected {errno}"
+            ),
         }
     }
 
@@ -309,7 +327,10 @@ impl Raw {
     pub fn negotiate(&mut self) -> serde_json::Value {
         let p = version_payload(0, 0, QEMU_CAPS);
         let reply = self.call(VERSION, &p).expect("VERSION");
-        assert!(reply.len() <= p.len(), "VERSION reply larger than the request");
+        assert!(
+            reply.len() <= p.len(),
+            "VERSION reply larger than the request"
+        );
         assert_eq!(&reply[..4], &[0, 0, 0, 0], "major/minor 0.0");
         assert_eq!(*reply.last().unwrap(), 0, "JSON is NUL-terminated");
         serde_json::from_slice(&reply[4..reply.len() - 1]).expect("reply JSON")
@@ -348,7 +369,8 @@ impl Raw {
     }
 
     pub fn write32(&mut self, offset: u64, v: u32) {
-        self.region_write(BAR0, offset, &v.to_le_bytes()).expect("BAR0 write");
+        self.region_write(BAR0, offset, &v.to_le_bytes())
+            .expect("BAR0 write");
     }
 
     pub fn read32(&mut self, region: u32, offset: u64) -> u32 {
@@ -359,7 +381,8 @@ impl Raw {
     pub fn dma_map(&mut self, iova: u64, size: u64, fd: Option<RawFd>) -> Result<(), u32> {
         let p = dma_map_payload(3, 0, iova, size);
         let fds: Vec<RawFd> = fd.into_iter().collect();
-        self.call_fds(DMA_MAP, &p, &fds).map(|r| assert!(r.is_empty()))
+        self.call_fds(DMA_MAP, &p, &fds)
+            .map(|r| assert!(r.is_empty()))
     }
 
     pub fn set_irqs_eventfd(&mut self, index: u32, start: u32, fds: &[RawFd]) -> Result<(), u32> {
