@@ -240,10 +240,7 @@ fn dma_map_errors() {
     assert_eq!(c.dma_map(0x40_0000, 0, None), Err(libc::EINVAL as u32));
     assert_eq!(c.dma_map(0x40_0800, 0x1000, None), Err(libc::EINVAL as u32));
     assert_eq!(c.dma_map(0x40_0000, 0x1800, None), Err(libc::EINVAL as u32));
-    assert_eq!(
-        c.dma_map(!0xfff, 0x2000, None),
-        Err(libc::EINVAL as u32)
-    );
+    assert_eq!(c.dma_map(!0xfff, 0x2000, None), Err(libc::EINVAL as u32));
     assert_eq!(c.dma_map(1 << 50, 1 << 45, None), Err(libc::ENOSPC as u32));
     // Larger than the file behind it.
     assert_eq!(c.dma_map(0x100_0000, 2 << 20, fd), Err(libc::EINVAL as u32));

@@ -105,7 +105,9 @@ impl Server {
 
     fn wait_for_socket(&mut self) {
         let deadline = Instant::now() + TIMEOUT;
-        while !self.socket.exists() {
+        // The socket file may be a stale one the server is about to replace: also wait for the
+        // server to say it listens.
+        while !self.socket.exists() || !self.log_text().contains("listening on") {
             if let Some(st) = self
                 .child
                 .as_mut()
