@@ -1,11 +1,12 @@
 //! One client connection: non-blocking reads with file descriptors, message framing, the single
 //! validation point before dispatch, and a buffered non-blocking writer.
 //!
-//! Reads are buffered until a whole message is present; file descriptors are attached to the
-//! message that contains the last byte of the `recvmsg` that delivered them (Linux stops a
-//! stream read right after the chunk that carries descriptors, and a sender attaches them to
-//! some part of the message they belong to). Exactly `message_size` bytes are consumed per
-//! message, so a refused message never desynchronises the stream.
+//! Reads never cross a message boundary: first the 16-byte header, then exactly the rest of
+//! `message_size`. File descriptors are delivered by the kernel with the first bytes read of the
+//! `sendmsg` that carried them, so every descriptor that arrives while a message is being read
+//! belongs to that message, whether the sender attached it to the header, to a later part, or to
+//! several messages written at once (it then belongs to the first). Exactly `message_size` bytes
+//! are consumed per message, so a refused message never desynchronises the stream.
 //!
 //! Framing checks close the connection (the stream cannot be trusted any more); everything else
 //! is a per-message error reply. Replies are queued and written as the socket accepts them
@@ -37,17 +38,22 @@ const OUTPUT_HIGH_WATER: usize = 4 << 20;
 pub struct Connection {
     stream: UnixStream,
     session: Session,
-    /// Received bytes not consumed yet; `inbuf[0]` is at stream offset `in_offset`.
+    /// The bytes of the message being received (never more than one message).
     inbuf: Vec<u8>,
-    in_offset: u64,
-    /// Descriptors received, keyed by the stream offset of the last byte of their chunk.
-    fds: Vec<(u64, Vec<OwnedFd>)>,
+    /// Its header, once complete and validated.
+    header: Option<Header>,
+    /// Descriptors received with the message being received.
+    fds: Vec<OwnedFd>,
     /// Queued reply bytes; `outbuf[out_pos..]` is still to be written.
     outbuf: Vec<u8>,
     out_pos: usize,
     interest: EventSet,
     closed: bool,
     control: Rc<RefCell<Control>>,
+    /// `recvmsg` target, reused (zeroed once) so small messages cost only their own bytes.
+    scratch: Box<[u8]>,
+    /// Failed posted messages so far (their log lines are rate-limited).
+    posted_failures: u64,
 }
 
 impl std::fmt::Debug for Connection {
@@ -72,13 +78,15 @@ impl Connection {
             stream,
             session,
             inbuf: Vec::new(),
-            in_offset: 0,
+            header: None,
             fds: Vec::new(),
             outbuf: Vec::new(),
             out_pos: 0,
             interest: EventSet::IN,
             closed: false,
             control,
+            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            posted_failures: 0,
         })
     }
 
@@ -88,20 +96,18 @@ impl Connection {
             if self.pending_output() > OUTPUT_HIGH_WATER {
                 break;
             }
-            let start = self.inbuf.len();
-            self.inbuf.resize(start + READ_CHUNK, 0);
-            let res = sock::recv_with_fds(self.stream.as_raw_fd(), &mut self.inbuf[start..]);
-            let got = match res {
+            // Read up to the end of the header, or of the message: never into the next one.
+            let want = match &self.header {
+                None => HEADER_SIZE - self.inbuf.len(),
+                Some(h) => h.message_size as usize - self.inbuf.len(),
+            }
+            .min(READ_CHUNK);
+            let got = match sock::recv_with_fds(self.stream.as_raw_fd(), &mut self.scratch[..want])
+            {
                 Ok(r) => r,
-                Err(e) => {
-                    self.inbuf.truncate(start);
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        return Ok(());
-                    }
-                    return Err(StreamError::Io(e));
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(StreamError::Io(e)),
             };
-            self.inbuf.truncate(start + got.len);
             if got.ctrunc {
                 return Err(StreamError::ControlTruncated);
             }
@@ -114,42 +120,35 @@ impl Connection {
                     }
                 });
             }
-            if !got.fds.is_empty() {
-                let last = self.in_offset + self.inbuf.len() as u64 - 1;
-                self.fds.push((last, got.fds));
+            self.inbuf.extend_from_slice(&self.scratch[..got.len]);
+            self.fds.extend(got.fds);
+            if self.header.is_none() && self.inbuf.len() == HEADER_SIZE {
+                let hdr = Header::parse(&self.inbuf)
+                    .ok_or(StreamError::SizeTooSmall(self.inbuf.len() as u32))?;
+                check_framing(&hdr)?;
+                self.inbuf.reserve(hdr.message_size as usize - HEADER_SIZE);
+                self.header = Some(hdr);
             }
-            self.process_buffered()?;
+            if let Some(hdr) = self.header {
+                if self.inbuf.len() == hdr.message_size as usize {
+                    self.header = None;
+                    let fds = std::mem::take(&mut self.fds);
+                    dispatch(
+                        &mut self.session,
+                        &mut self.outbuf,
+                        &mut self.posted_failures,
+                        &hdr,
+                        &self.inbuf[HEADER_SIZE..],
+                        fds,
+                    );
+                    self.inbuf.clear();
+                    if let Some(e) = self.session.take_close() {
+                        return Err(e);
+                    }
+                }
+            }
         }
         Ok(())
-    }
-
-    /// Handles every complete message in `inbuf`.
-    fn process_buffered(&mut self) -> Result<(), StreamError> {
-        let mut off = 0usize;
-        let result = loop {
-            let avail = &self.inbuf[off..];
-            let Some(hdr) = Header::parse(avail) else {
-                break Ok(());
-            };
-            if let Err(e) = check_framing(&hdr) {
-                break Err(e);
-            }
-            let size = hdr.message_size as usize;
-            if avail.len() < size {
-                break Ok(());
-            }
-            let end = self.in_offset + (off + size) as u64;
-            let fds = take_fds(&mut self.fds, end);
-            let payload = &self.inbuf[off + HEADER_SIZE..off + size];
-            dispatch(&mut self.session, &mut self.outbuf, &hdr, payload, fds);
-            off += size;
-            if let Some(e) = self.session.take_close() {
-                break Err(e);
-            }
-        };
-        self.inbuf.drain(..off);
-        self.in_offset += off as u64;
-        result
     }
 
     /// Writes queued replies until done or the socket is full.
@@ -265,24 +264,11 @@ pub fn check_framing(hdr: &Header) -> Result<(), StreamError> {
     }
 }
 
-/// Removes and returns the descriptors that arrived with bytes before stream offset `end`.
-fn take_fds(fds: &mut Vec<(u64, Vec<OwnedFd>)>, end: u64) -> Vec<OwnedFd> {
-    let mut taken = Vec::new();
-    fds.retain_mut(|(pos, group)| {
-        if *pos < end {
-            taken.append(group);
-            false
-        } else {
-            true
-        }
-    });
-    taken
-}
-
 /// Validates the descriptor count, runs the handler and queues the reply (if one is wanted).
 fn dispatch(
     session: &mut Session,
     out: &mut Vec<u8>,
+    posted_failures: &mut u64,
     hdr: &Header,
     payload: &[u8],
     fds: Vec<OwnedFd>,
@@ -319,7 +305,15 @@ fn dispatch(
         Ok(reply) if !hdr.no_reply() => out.extend_from_slice(&encode_reply(hdr, &reply)),
         Ok(_) => {}
         Err(e) if hdr.no_reply() => {
-            log::warn!("posted {cmd} (id {}) failed, no reply sent: {e}", hdr.id)
+            // A guest can post failing writes in a loop: log the first ones, then every 1000th.
+            *posted_failures += 1;
+            let n = *posted_failures;
+            if n <= 10 || n.is_power_of_two() || n % 1000 == 0 {
+                log::warn!(
+                    "posted {cmd} (id {}) failed, no reply sent: {e} ({n} posted failures so far)",
+                    hdr.id
+                );
+            }
         }
         Err(e) => {
             log::warn!(
@@ -371,19 +365,5 @@ mod tests {
             check_framing(&hdr(16, FLAG_ERROR)),
             Err(StreamError::ErrorFlagOnCommand)
         ));
-    }
-
-    #[test]
-    fn fds_follow_their_message() {
-        use std::os::fd::FromRawFd;
-        let mk = || {
-            // SAFETY: eventfd returns a fresh descriptor that we own.
-            unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) }
-        };
-        let mut fds = vec![(47u64, vec![mk()]), (100u64, vec![mk(), mk()])];
-        assert_eq!(take_fds(&mut fds, 32).len(), 0);
-        assert_eq!(take_fds(&mut fds, 48).len(), 1);
-        assert_eq!(take_fds(&mut fds, 200).len(), 2);
-        assert!(fds.is_empty());
     }
 }

@@ -614,3 +614,78 @@ fn region_write_multi() {
     drop(c);
     server.assert_serves_new_client();
 }
+
+#[test]
+fn messages_split_across_writes_and_fds_on_any_part() {
+    let (mut server, mut c) = ready("split");
+    // One byte per write.
+    let id = c.next_id();
+    let m = message(id, DEVICE_GET_INFO, 0, &info_req(16));
+    for b in &m {
+        c.send_bytes(std::slice::from_ref(b), &[]);
+    }
+    let r = c.recv();
+    assert_eq!((r.id, r.payload.clone()), (id, info4(16, 3, 9, 5)));
+    // The descriptor travels with the second half of the DMA_MAP message.
+    let ram = memfd(0x10000);
+    let id = c.next_id();
+    let m = message(id, DMA_MAP, 0, &dma_map_payload(3, 0, 0x20_0000, 0x10000));
+    c.send_bytes(&m[..20], &[]);
+    c.send_bytes(&m[20..], &[ram.as_raw_fd()]);
+    let r = c.recv();
+    assert_eq!((r.id, r.flags), (id, REPLY), "DMA_MAP with its fd accepted");
+    // Two messages in one write, the fd on the first one only.
+    let a = message(
+        c.next_id(),
+        DMA_MAP,
+        0,
+        &dma_map_payload(3, 0, 0x40_0000, 0x10000),
+    );
+    let b = message(c.next_id(), DEVICE_GET_INFO, 0, &info_req(16));
+    c.send_bytes(&[a, b].concat(), &[ram.as_raw_fd()]);
+    assert_eq!(c.recv().flags, REPLY);
+    assert_eq!(c.recv().flags, REPLY);
+    // The regions really are device memory: the same file at two addresses.
+    assert_in_sync(&mut c);
+    drop(c);
+    server.assert_serves_new_client();
+}
+
+#[test]
+fn pipelined_requests_with_a_slow_reader() {
+    let (mut server, mut c) = ready("pipeline");
+    // 30000 config-space reads of 256 bytes (8.6 MiB of replies) written by another thread;
+    // replies are only read once 10000 requests are out, so the server's output backs up
+    // (EPOLLOUT, then it stops reading) and must drain in order.
+    const N: usize = 30_000;
+    let mut writer = c.s.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let first_id = c.next_id();
+    let t = std::thread::spawn(move || {
+        use std::io::Write;
+        for i in 0..N {
+            let id = first_id.wrapping_add(i as u16);
+            writer
+                .write_all(&message(id, REGION_READ, 0, &access(0, CONFIG, 256, &[])))
+                .expect("write request");
+            if i == 10_000 {
+                tx.send(()).unwrap();
+            }
+        }
+    });
+    rx.recv_timeout(TIMEOUT)
+        .expect("writer got 10000 requests out");
+    for i in 0..N {
+        let r = c.recv();
+        assert_eq!(r.id, first_id.wrapping_add(i as u16), "replies in order");
+        assert_eq!(r.payload.len(), 16 + 256);
+        assert_eq!(
+            u16::from_le_bytes([r.payload[16], r.payload[17]]),
+            abi::PCI_VENDOR_ID
+        );
+    }
+    t.join().unwrap();
+    assert_in_sync(&mut c);
+    drop(c);
+    server.assert_serves_new_client();
+}
