@@ -126,13 +126,13 @@ impl DmaSpace {
             Some(fd) => Backing::Mapped(Arc::new(mmap_region(req, fd)?)),
         };
         match &backing {
-            Backing::Mapped(_) => log::info!(
+            Backing::Mapped(_) => log::debug!(
                 "DMA map {:#x}+{:#x} (file offset {:#x}): device-visible",
                 req.iova,
                 req.size,
                 req.offset
             ),
-            Backing::NotAccessible(why) => log::info!(
+            Backing::NotAccessible(why) => log::debug!(
                 "DMA map {:#x}+{:#x}: {why}, recorded but not accessible to the device",
                 req.iova,
                 req.size
@@ -162,7 +162,7 @@ impl DmaSpace {
             _ => return Err(RequestError::NotFound { iova, size }),
         }
         let removed = self.regions.remove(&iova);
-        log::info!("DMA unmap {iova:#x}+{size:#x}");
+        log::debug!("DMA unmap {iova:#x}+{size:#x}");
         if matches!(
             removed,
             Some(Region {
