@@ -150,7 +150,11 @@ impl Irqs {
 
     /// The MSI-X vectors as the device's interrupt sink.
     pub fn msix_sink(&self) -> Arc<dyn InterruptSink> {
-        Arc::new(MsixSink(Arc::clone(&self.lines[irq_index::MSIX as usize])))
+        let line = self
+            .lines
+            .get(irq_index::MSIX as usize)
+            .map_or_else(|| Arc::new(IrqLine::new(0)), Arc::clone);
+        Arc::new(MsixSink(line))
     }
 
     /// The vectors of `index`, if it exists.
