@@ -36,6 +36,9 @@ pub enum DeviceError {
 /// device work (a doorbell only wakes the worker). Interrupts are delivered to the [`InterruptSink`] only
 /// while MSI-X is enabled in configuration space (QEMU forwards those writes); while the MSI-X function
 /// mask is set they are held in the PBA.
+///
+/// The sink is called with device locks held (that is what orders an interrupt after the writeback it
+/// announces and before any later reset): [`InterruptSink::signal`] must not call back into the `Device`.
 pub struct Device {
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,

@@ -3,6 +3,15 @@
 //!
 //! Threading: [`Device`] is `Send + Sync`. Region accesses come from the server's socket thread and never block
 //! on device work; the command queue and the engines run on the device's own threads.
+//!
+//! Layout:
+//! - `pci/config.rs`: configuration space (byte masks, BAR sizing, MSI-X and PCIe capabilities, FLR);
+//! - `bar0.rs`: the register file of spec section 2;
+//! - `msix.rs`: the MSI-X table and PBA in BAR1, and interrupt delivery;
+//! - `shared.rs`: state shared with the worker, the lock order, and the queue *generation* that keeps a
+//!   reset from racing the worker;
+//! - `queue.rs`: the command-queue worker (NOP, FENCE, STATS; other opcodes go to a pluggable extension);
+//! - `device.rs`: [`Device`], which routes region accesses to the above.
 
 pub mod abi;
 mod bar0;
