@@ -14,8 +14,18 @@ use clap::Parser;
 pub struct Args {
     /// Path of the UNIX socket to listen on. A stale socket file is replaced; a socket a live
     /// server listens on is an error.
-    #[arg(long = "socket", visible_alias = "socket-path", value_name = "PATH")]
-    pub socket: PathBuf,
+    #[arg(
+        long = "socket",
+        visible_alias = "socket-path",
+        value_name = "PATH",
+        required_unless_present = "fd",
+        conflicts_with = "fd"
+    )]
+    pub socket: Option<PathBuf>,
+
+    /// Listen on this inherited, already listening UNIX socket instead of a path.
+    #[arg(long, value_name = "FDNUM")]
+    pub fd: Option<i32>,
 
     /// More logging: -v debug, -vv trace (default: info). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -61,10 +71,15 @@ mod tests {
     fn parses() {
         let a =
             Args::try_parse_from(["x", "--socket", "/tmp/s", "-vv", "--tlb-ways", "4"]).unwrap();
-        assert_eq!(a.socket, PathBuf::from("/tmp/s"));
+        assert_eq!(a.socket, Some(PathBuf::from("/tmp/s")));
         assert_eq!(a.log_level(), log::LevelFilter::Trace);
         assert_eq!(a.tlb_ways, Some(4));
         assert!(Args::try_parse_from(["x"]).is_err());
+        assert_eq!(
+            Args::try_parse_from(["x", "--fd", "3"]).unwrap().fd,
+            Some(3)
+        );
+        assert!(Args::try_parse_from(["x", "--fd", "3", "--socket", "/s"]).is_err());
         assert!(Args::try_parse_from(["x", "--socket-path", "/s", "--engines", "300"]).is_err());
     }
 }

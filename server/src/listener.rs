@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,9 @@ pub enum ListenError {
     /// The path exists and is not a socket; it is left alone.
     #[error("{0}: exists and is not a socket")]
     NotASocket(PathBuf),
+    /// The inherited descriptor is not a listening AF_UNIX stream socket.
+    #[error("--fd {0}: not a listening UNIX stream socket")]
+    NotListening(RawFd),
     /// A file system or socket call failed.
     #[error("{path}: {what}: {source}")]
     Io {
@@ -34,13 +38,30 @@ pub enum ListenError {
     },
 }
 
-/// The bound socket. Dropping it removes the socket file, if it is still the one created here.
+/// The bound socket. Dropping it removes the socket file, if it is still the one created here
+/// (an inherited socket's file is its creator's business).
 #[derive(Debug)]
 pub struct BoundSocket {
     /// The listening socket (non-blocking).
     pub listener: UnixListener,
     path: PathBuf,
     dev_ino: Option<(u64, u64)>,
+}
+
+fn sockopt(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, which is that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            std::ptr::from_mut(&mut v).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(v)
 }
 
 impl BoundSocket {
@@ -84,7 +105,33 @@ impl BoundSocket {
         })
     }
 
-    /// The socket path.
+    /// Takes over an inherited listening socket (`--fd`, the vfio-user backend convention).
+    pub fn from_fd(fd: RawFd) -> Result<BoundSocket, ListenError> {
+        let listening = sockopt(fd, libc::SO_DOMAIN) == Some(libc::AF_UNIX)
+            && sockopt(fd, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+            && sockopt(fd, libc::SO_ACCEPTCONN) == Some(1);
+        if !listening {
+            return Err(ListenError::NotListening(fd));
+        }
+        // SAFETY: the descriptor was handed to this process to own (--fd) and was just checked
+        // to be an open listening socket; nothing else in the process uses it.
+        let listener = UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let path = PathBuf::from(format!("fd:{fd}"));
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ListenError::Io {
+                path: path.clone(),
+                what: "set_nonblocking",
+                source,
+            })?;
+        Ok(BoundSocket {
+            listener,
+            path,
+            dev_ino: None,
+        })
+    }
+
+    /// The socket path (`fd:N` for an inherited socket).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -92,6 +139,9 @@ impl BoundSocket {
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
+        if self.dev_ino.is_none() {
+            return;
+        }
         let ours = std::fs::symlink_metadata(&self.path)
             .ok()
             .map(|m| (m.dev(), m.ino()));

@@ -54,7 +54,15 @@ fn main() -> ExitCode {
         }
     }
 
-    let socket = match BoundSocket::bind(&args.socket) {
+    let bound = match (&args.socket, args.fd) {
+        (Some(path), _) => BoundSocket::bind(path),
+        (None, Some(fd)) => BoundSocket::from_fd(fd),
+        (None, None) => {
+            log::error!("--socket or --fd is required");
+            return ExitCode::from(2);
+        }
+    };
+    let socket = match bound {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");

@@ -135,3 +135,56 @@ fn one_client_at_a_time() {
     drop(second);
     server.assert_serves_new_client();
 }
+
+#[test]
+fn inherited_listening_socket() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("fd");
+    let path = dir.0.join("inherited.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let log = dir.0.join("log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let lfd = listener.as_raw_fd();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faultline-server"));
+    cmd.args(["--fd", "3", "-v"])
+        .stdin(std::process::Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
+    // SAFETY: dup2 is async-signal-safe; it gives the child the listener as fd 3 (without
+    // close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(lfd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
+    let mut c = Raw::connect(&path);
+    c.negotiate();
+    c.call(DEVICE_GET_INFO, &info_req(16))
+        .expect("served over the inherited socket");
+    drop(c);
+    // SAFETY: kill() with our child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let st = wait_child(&mut child, TIMEOUT).expect("server exits");
+    assert!(st.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    // The creator of an inherited socket owns its file.
+    assert!(path.exists());
+
+    // An fd that is not a listening socket is refused.
+    let log2 = dir.0.join("log2");
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline-server"))
+        .args(["--fd", "0"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log2).unwrap())
+        .status()
+        .unwrap();
+    assert!(!out.success());
+    assert!(std::fs::read_to_string(&log2)
+        .unwrap()
+        .contains("not a listening"));
+}
