@@ -151,11 +151,16 @@ fn inherited_listening_socket() {
         .stdin(std::process::Stdio::null())
         .stdout(logf.try_clone().unwrap())
         .stderr(logf);
-    // SAFETY: dup2 is async-signal-safe; it gives the child the listener as fd 3 (without
-    // close-on-exec).
+    // SAFETY: dup2 and fcntl are async-signal-safe; they give the child the listener as fd 3
+    // without close-on-exec (dup2 onto itself would keep the flag, hence fcntl then).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(lfd, 3) < 0 {
+            let rc = if lfd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(lfd, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
