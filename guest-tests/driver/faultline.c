@@ -802,10 +802,28 @@ static void fl_check_chunk(struct fl_dev *fl, const struct fl_request *req,
 		}
 		usleep_range(20, 50);
 	}
-	if (READ_ONCE(fl->generation) == req->generation &&
-	    (s32)(READ_ONCE(fl->tail) - head) < 0)
-		fl_check_failed(fl, ck, FL_CHECK_HEAD_RANGE, "wb head beyond tail",
-				head, READ_ONCE(fl->tail));
+	/*
+	 * A reset bumps the generation before it rewinds tail and head: read
+	 * the generation on both sides so that a concurrent reset is not taken
+	 * for a device error.
+	 */
+	if (READ_ONCE(fl->generation) == req->generation) {
+		u32 tail;
+
+		/*
+		 * Head first: the tail only grows, so a tail read after the
+		 * head is at least the tail the device had when it wrote it.
+		 */
+		smp_rmb();	/* generation, then head and tail */
+		head = fl_wb_head(fl);
+		dma_rmb();
+		tail = READ_ONCE(fl->tail);
+		smp_rmb();	/* then the generation again */
+		if ((s32)(tail - head) < 0 &&
+		    READ_ONCE(fl->generation) == req->generation)
+			fl_check_failed(fl, ck, FL_CHECK_HEAD_RANGE,
+					"wb head beyond tail", head, tail);
+	}
 
 	v = fl_fence_read(fl, FL_SLOT_ORDER);
 	if (v < ck->order_seen || v < req->last_order)

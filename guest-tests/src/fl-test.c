@@ -364,8 +364,9 @@ static int check_works(struct ctx *c, const char *after, char *why, size_t wlen)
 /* Child of reset_mid_stream: keep the queue busy until the reset hits. */
 static int child_submitter(int index, int ready_fd)
 {
+	const uint64_t deadline = fl_now_ns() + 5000000000ull;	/* 5 s at most */
 	struct fl_ioc_submit s;
-	int fd = fl_open_dev(index), i, ret;
+	int fd = fl_open_dev(index), ret;
 	char b = 'r';
 
 	if (fd < 0)
@@ -373,7 +374,7 @@ static int child_submitter(int index, int ready_fd)
 	if (write(ready_fd, &b, 1) != 1)
 		return 21;
 	close(ready_fd);
-	for (i = 0; i < 400; i++) {
+	while (fl_now_ns() < deadline) {
 		memset(&s, 0, sizeof(s));
 		s.count = 20000;
 		ret = fl_ioctl(fd, FL_IOC_SUBMIT, &s);
