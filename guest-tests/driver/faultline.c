@@ -113,6 +113,7 @@ MODULE_PARM_DESC(timeout_ms, "longest wait for the device, in ms (default 5000)"
 /* fl_submit() flags */
 #define FLS_IRQ			BIT(0)	/* completion fence interrupts; wait for it */
 #define FLS_ORDER		BIT(1)	/* number FENCEs aimed at FL_SLOT_ORDER */
+#define FLS_HOLD		BIT(2)	/* no doorbell: the next submission's rings it */
 
 /* fl_dev.flags bits (atomic bitops, set from any context) */
 enum {
@@ -464,7 +465,8 @@ static int fl_submit(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
 	 */
 	dma_wmb();
 	WRITE_ONCE(fl->tail, idx);
-	writel(idx, fl->regs + FL_REG_CQ_TAIL);
+	if (!(flags & FLS_HOLD))
+		writel(idx, fl->regs + FL_REG_CQ_TAIL);
 out_unlock:
 	spin_unlock(&fl->sq_lock);
 	return err;
@@ -1073,11 +1075,13 @@ static long fl_ioc_reset(struct fl_dev *fl, void __user *uarg)
 
 	if (copy_from_user(&a, uarg, sizeof(a)))
 		return -EFAULT;
-	if ((a.flags & ~FL_RESET_F_INFLIGHT) ||
+	if ((a.flags & ~(FL_RESET_F_INFLIGHT | FL_RESET_F_HOLD)) ||
 	    !fl_zero(a.reserved, ARRAY_SIZE(a.reserved)))
 		return -EINVAL;
 	inflight = a.flags & FL_RESET_F_INFLIGHT;
 	if (inflight && (!a.inflight || a.inflight > fl->chunk_max - 1))
+		return -EINVAL;
+	if ((a.flags & FL_RESET_F_HOLD) && !inflight)
 		return -EINVAL;
 
 	if (inflight) {
@@ -1085,7 +1089,8 @@ static long fl_ioc_reset(struct fl_dev *fl, void __user *uarg)
 		if (!cmds)
 			return -ENOMEM;
 		/* All NOPs: opcode 0. No interrupt, nobody waits before the reset. */
-		err = fl_submit(fl, cmds, a.inflight, 0, &req);
+		err = fl_submit(fl, cmds, a.inflight,
+				a.flags & FL_RESET_F_HOLD ? FLS_HOLD : 0, &req);
 		kvfree(cmds);
 		if (err)
 			return err;

@@ -120,6 +120,13 @@ struct fl_ioc_fence {
 
 /* fl_ioc_reset.flags */
 #define FL_RESET_F_INFLIGHT	(1ULL << 0) /* queue @inflight NOPs + a fence, reset without waiting */
+/*
+ * With FL_RESET_F_INFLIGHT: write the batch into the ring but do not ring the
+ * doorbell, so that the device cannot consume any of it before the reset (a
+ * fast device otherwise often finishes the batch first). The batch then
+ * always fails with EIO, unless another user rings the doorbell meanwhile.
+ */
+#define FL_RESET_F_HOLD		(1ULL << 1)
 
 /*
  * FL_IOC_RESET: reset the device (FL_CTRL_RESET) whatever is in flight, fail
