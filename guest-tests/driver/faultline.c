@@ -109,6 +109,7 @@ MODULE_PARM_DESC(timeout_ms, "longest wait for the device, in ms (default 5000)"
 #define FL_SPACE_POLL_NS	NSEC_PER_MSEC		/* queue-full re-check */
 #define FL_WB_SETTLE_MS		100	/* writeback catching up with a seen fence */
 #define FL_SUBMIT_MAX		BIT_ULL(26)
+#define FL_OP_INVALID		0xff	/* no FL_OP_* has this value */
 
 /* fl_submit() flags */
 #define FLS_IRQ			BIT(0)	/* completion fence interrupts; wait for it */
@@ -882,7 +883,8 @@ static int fl_idle_snapshot(struct fl_dev *fl, struct fl_checker *ck,
 
 static long fl_ioc_submit(struct fl_dev *fl, void __user *uarg)
 {
-	const u64 known = FL_SUBMIT_F_IRQ | FL_SUBMIT_F_EXCLUSIVE;
+	const u64 known = FL_SUBMIT_F_IRQ | FL_SUBMIT_F_EXCLUSIVE |
+			  FL_SUBMIT_F_BAD_OPCODE;
 	const u32 cap = fl->chunk_max - 1;	/* the completion fence takes one */
 	struct fl_request reqs[2];
 	u32 req_nops[2];
@@ -891,7 +893,7 @@ static long fl_ioc_submit(struct fl_dev *fl, void __user *uarg)
 	struct fl_ioc_submit a;
 	struct fl_cmd *cmds;
 	u64 left, nop_no = 0, batch, irq0, gen0 = 0, c0 = 0, c1;
-	bool excl, pending_order = false;
+	bool excl, pending_order = false, pending_bad;
 	u32 h0 = 0, h1;
 	ktime_t t0;
 	int err = 0, ret;
@@ -925,13 +927,14 @@ static long fl_ioc_submit(struct fl_dev *fl, void __user *uarg)
 	irq0 = atomic64_read(&fl->irqs[FL_VEC_QUEUE]);
 	t0 = ktime_get();
 
-	while (!err && (left || pending_order || busy)) {
+	pending_bad = a.flags & FL_SUBMIT_F_BAD_OPCODE;
+	while (!err && (left || pending_order || pending_bad || busy)) {
 		struct fl_request *req;
 		u32 n = 0, nops = 0;
 		unsigned int slot;
 
 		/* Two chunks in flight, each at most half the ring. */
-		if (busy == 2 || (!left && !pending_order)) {
+		if (busy == 2 || (!left && !pending_order && !pending_bad)) {
 			req = &reqs[oldest];
 			ret = fl_wait_request(fl, req);
 			busy--;
@@ -954,6 +957,11 @@ static long fl_ioc_submit(struct fl_dev *fl, void __user *uarg)
 				a.order_fences++;
 				pending_order = false;
 				continue;
+			}
+			if (!left && pending_bad) {
+				cmds[n++] = (struct fl_cmd) { .opcode = FL_OP_INVALID };
+				pending_bad = false;
+				break;
 			}
 			if (!left || nops >= batch)
 				break;

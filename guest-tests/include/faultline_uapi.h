@@ -57,6 +57,13 @@ struct fl_ioc_info {
 /* fl_ioc_submit.flags */
 #define FL_SUBMIT_F_IRQ		(1ULL << 0) /* completion fences raise FL_VEC_QUEUE; wait for it */
 #define FL_SUBMIT_F_EXCLUSIVE	(1ULL << 1) /* keep other ioctls off the queue; exact delta checks */
+/*
+ * Fault injection: end the last chunk with one command of an opcode the
+ * device does not know, before its completion fence. The device stops with
+ * FL_ERR_BAD_OPCODE and raises FL_VEC_ERROR; the call fails with EIO and
+ * every ioctl fails with EIO until FL_IOC_RESET.
+ */
+#define FL_SUBMIT_F_BAD_OPCODE	(1ULL << 2)
 
 /* fl_ioc_submit.check_mask: checks the driver made, one bit per failed check. */
 #define FL_CHECK_HEAD_LAG	 (1ULL << 0) /* wb head never reached a completed chunk's end */

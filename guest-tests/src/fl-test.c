@@ -573,14 +573,144 @@ static int t_multi_device(struct ctx *c, char *why, size_t wlen)
 	return PASS;
 }
 
+static int t_error_irq_recovery(struct ctx *c, char *why, size_t wlen)
+{
+	struct fl_ioc_info before, info;
+	struct fl_ioc_submit s;
+	struct fl_ioc_fence f;
+	struct fl_ioc_reset r;
+	int ret;
+
+	if (need_fd(c, why, wlen) || get_info(c->fd, &before, why, wlen))
+		return FAILED;
+
+	/* A command the device does not know stops the queue with an error. */
+	memset(&s, 0, sizeof(s));
+	s.count = 10;
+	s.flags = FL_SUBMIT_F_IRQ | FL_SUBMIT_F_BAD_OPCODE;
+	ret = fl_ioctl(c->fd, FL_IOC_SUBMIT, &s);
+	if (ret != -EIO)
+		FAIL("SUBMIT with a bad opcode returned %s, expected EIO",
+		     ret ? strerror(-ret) : "success");
+	if (get_info(c->fd, &info, why, wlen))
+		return FAILED;
+	if (info.state != FL_STATE_FAILED)
+		FAIL("driver state %llu after a device error, expected failed",
+		     (unsigned long long)info.state);
+	if (info.hw_error != FL_ERR_BAD_OPCODE)
+		FAIL("device error %llu, expected FL_ERR_BAD_OPCODE (%u)",
+		     (unsigned long long)info.hw_error, FL_ERR_BAD_OPCODE);
+	if (info.irq_error != before.irq_error + 1)
+		FAIL("error interrupts went from %llu to %llu",
+		     (unsigned long long)before.irq_error, (unsigned long long)info.irq_error);
+
+	/* Nothing runs until the reset... */
+	memset(&f, 0, sizeof(f));
+	ret = fl_ioctl(c->fd, FL_IOC_FENCE, &f);
+	if (ret != -EIO)
+		FAIL("FENCE on a failed device returned %s, expected EIO",
+		     ret ? strerror(-ret) : "success");
+
+	/* ...which brings the device back. */
+	memset(&r, 0, sizeof(r));
+	ret = fl_ioctl(c->fd, FL_IOC_RESET, &r);
+	if (ret)
+		FAIL("FL_IOC_RESET after the error: %s", strerror(-ret));
+	c->submitted = 0;
+	return check_works(c, "recovery from a device error", why, wlen);
+}
+
+/* Finds the faultline misc device of PCI function @bdf; its index or -1. */
+static int misc_index_of(const char *bdf)
+{
+	char path[160], link[64];
+	int i;
+
+	for (i = 0; i < 64; i++) {
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/misc/faultline%d", bdf, i);
+		snprintf(link, sizeof(link), "/dev/faultline%d", i);
+		if (!access(path, F_OK) && !access(link, F_OK))
+			return i;
+	}
+	return -1;
+}
+
+static int write_sysfs(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, val, strlen(val)) != (ssize_t)strlen(val))
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+static int t_unbind_rebind(struct ctx *c, char *why, size_t wlen)
+{
+	struct fl_ioc_info info;
+	char bdf[64], path[160], dev[64];
+	int fd2, ret, idx, tries;
+
+	if (need_fd(c, why, wlen))
+		return FAILED;
+	ret = fl_pci_address(c->index, bdf, sizeof(bdf));
+	if (ret)
+		FAIL("/sys/class/misc/faultline%d/device: %s", c->index, strerror(-ret));
+	fd2 = fl_open_dev(c->index);
+	if (fd2 < 0)
+		FAIL("second open: %s", strerror(-fd2));
+
+	/* Remove with files open: they must fail cleanly, not crash. */
+	ret = write_sysfs("/sys/bus/pci/drivers/faultline/unbind", bdf);
+	if (ret) {
+		close(fd2);
+		FAIL("unbind %s: %s", bdf, strerror(-ret));
+	}
+	memset(&info, 0, sizeof(info));
+	ret = fl_ioctl(fd2, FL_IOC_INFO, &info);
+	close(fd2);
+	close(c->fd);
+	c->fd = -ENODEV;
+	if (ret != -ENODEV)
+		FAIL("INFO on a file of the removed device returned %s, expected ENODEV",
+		     ret ? strerror(-ret) : "success");
+	snprintf(dev, sizeof(dev), "/dev/faultline%d", c->index);
+	for (tries = 0; tries < 50 && !access(dev, F_OK); tries++)
+		usleep(20000);
+	if (!access(dev, F_OK))
+		FAIL("%s still exists after unbind", dev);
+
+	ret = write_sysfs("/sys/bus/pci/drivers/faultline/bind", bdf);
+	if (ret)
+		FAIL("bind %s: %s", bdf, strerror(-ret));
+	for (tries = 0, idx = -1; tries < 50 && idx < 0; tries++) {
+		idx = misc_index_of(bdf);
+		if (idx < 0)
+			usleep(20000);
+	}
+	if (idx < 0)
+		FAIL("no /dev/faultline* for %s after bind", bdf);
+	c->index = idx;
+	c->fd = fl_open_dev(idx);
+	if (c->fd < 0)
+		FAIL("open /dev/faultline%d after bind: %s", idx, strerror(-c->fd));
+	c->submitted = 0;
+	snprintf(path, sizeof(path), "rebinding %s", bdf);
+	return check_works(c, path, why, wlen);
+}
+
 static const struct test tests[] = {
 	{ "probe_id", t_probe_id },
 	{ "fence_irq", t_fence_irq },
 	{ "commands_in_order_100k", t_commands_in_order_100k },
 	{ "stats", t_stats },
 	{ "reset_mid_stream", t_reset_mid_stream },
+	{ "error_irq_recovery", t_error_irq_recovery },
 	{ "pci_flr_reinit", t_pci_flr_reinit },
 	{ "multi_device", t_multi_device },
+	{ "unbind_rebind", t_unbind_rebind },
 };
 
 #define NTESTS (sizeof(tests) / sizeof(tests[0]))
