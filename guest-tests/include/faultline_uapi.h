@@ -56,7 +56,7 @@ struct fl_ioc_info {
 
 /* fl_ioc_submit.flags */
 #define FL_SUBMIT_F_IRQ		(1ULL << 0) /* completion fences raise FL_VEC_QUEUE; wait for it */
-#define FL_SUBMIT_F_EXCLUSIVE	(1ULL << 1) /* keep other ioctls off the queue; exact delta checks */
+#define FL_SUBMIT_F_EXCLUSIVE	(1ULL << 1) /* other ioctls off the queue; exact delta checks */
 /*
  * Fault injection: end the last chunk with one command of an opcode the
  * device does not know, before its completion fence. The device stops with
@@ -68,7 +68,7 @@ struct fl_ioc_info {
 /* fl_ioc_submit.check_mask: checks the driver made, one bit per failed check. */
 #define FL_CHECK_HEAD_LAG	 (1ULL << 0) /* wb head never reached a completed chunk's end */
 #define FL_CHECK_HEAD_RANGE	 (1ULL << 1) /* wb head beyond the driver's tail */
-#define FL_CHECK_ORDER		 (1ULL << 2) /* order slot went backwards, or below a done chunk's last */
+#define FL_CHECK_ORDER		 (1ULL << 2) /* order slot went back, or below a done chunk's last */
 #define FL_CHECK_FENCE_ORDER	 (1ULL << 3) /* completion-fence slot went backwards */
 #define FL_CHECK_ORDER_FINAL	 (1ULL << 4) /* exclusive: order slot != last order fence at the end */
 #define FL_CHECK_HEAD_DELTA	 (1ULL << 5) /* exclusive: wb head advanced by != commands */
