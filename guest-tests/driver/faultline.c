@@ -642,31 +642,40 @@ static irqreturn_t fl_irq_error(int irq, void *data)
 }
 
 /*
- * Explain an error interrupt with register reads (slow path, so in the
- * thread) under reset_mutex, so that an error raised before a reset is not
- * pinned on the re-initialised device.
+ * Handle an error interrupt in the thread, under reset_mutex: the writeback
+ * block is only cleared under that mutex, so an error raised before a reset
+ * is never pinned on the re-initialised device. The device copies
+ * FL_REG_ERROR to FL_WB_ERROR before it raises the vector; only when the
+ * writeback block itself is unusable (FL_ERR_WB_CONFIG) does that copy stay
+ * 0, and then STATUS decides. Failing the device first, logging after (the
+ * log's register reads are slow).
  */
 static irqreturn_t fl_irq_error_thread(int irq, void *data)
 {
 	struct fl_dev *fl = data;
-	u32 status, code, info;
+	u32 code, status, info;
 
 	mutex_lock(&fl->reset_mutex);
-	status = readl(fl->regs + FL_REG_STATUS);
-	if (status != U32_MAX && !(status & FL_STATUS_ERROR)) {
-		dev_warn_ratelimited(fl_device(fl), "%s: error interrupt, but status %#x has no error; ignored\n",
-				     fl->name, status);
-		goto out;
+	code = READ_ONCE(fl->wb->error);
+	if (code == FL_ERR_NONE) {
+		status = readl(fl->regs + FL_REG_STATUS);
+		if (status != U32_MAX && !(status & FL_STATUS_ERROR)) {
+			dev_warn_ratelimited(fl_device(fl), "%s: error interrupt, but status %#x has no error; ignored\n",
+					     fl->name, status);
+			goto out;
+		}
+		code = readl(fl->regs + FL_REG_ERROR);
 	}
-	code = readl(fl->regs + FL_REG_ERROR);
-	info = readl(fl->regs + FL_REG_ERROR_INFO);
 	WRITE_ONCE(fl->hw_error, code);
 	set_bit(FL_FLAG_ERROR, &fl->flags);
+	wake_up_all(&fl->wq);	/* every waiter returns -EIO */
+
+	status = readl(fl->regs + FL_REG_STATUS);
+	info = readl(fl->regs + FL_REG_ERROR_INFO);
 	dev_err(fl_device(fl),
-		"%s: device error %u (%s), command index %u, status %#x; wb head %u error %u, tail %u; FL_IOC_RESET recovers\n",
+		"%s: device error %u (%s), command index %u, status %#x; wb head %u, tail %u; FL_IOC_RESET recovers\n",
 		fl->name, code, fl_err_name(code), info, status, fl_wb_head(fl),
-		READ_ONCE(fl->wb->error), READ_ONCE(fl->tail));
-	wake_up_all(&fl->wq);
+		READ_ONCE(fl->tail));
 out:
 	mutex_unlock(&fl->reset_mutex);
 	return IRQ_HANDLED;
