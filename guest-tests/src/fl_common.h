@@ -6,23 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/*
- * In user space faultline_abi.h typedefs __u8..__u64 from <stdint.h>, and
- * uint64_t (unsigned long) conflicts with the __u64 of <linux/types.h>
- * (unsigned long long), which the UAPI header and many libc headers include.
- * Its typedefs are therefore given private names here; its structures then
- * use the same fixed-width types under those names.
- */
-#include <linux/types.h>
-#define __u8 fl_abi_u8
-#define __u16 fl_abi_u16
-#define __u32 fl_abi_u32
-#define __u64 fl_abi_u64
 #include "faultline_abi.h"
-#undef __u8
-#undef __u16
-#undef __u32
-#undef __u64
 
 #include "faultline_uapi.h"
 
