@@ -3,12 +3,28 @@
 //!
 //! Threading: [`Device`] is `Send + Sync`. Region accesses come from the server's socket thread and never block
 //! on device work; the command queue and the engines run on the device's own threads.
+//!
+//! Layout:
+//! - `pci/config.rs`: configuration space (byte masks, BAR sizing, MSI-X and PCIe capabilities, FLR);
+//! - `bar0.rs`: the register file of spec section 2;
+//! - `msix.rs`: the MSI-X table and PBA in BAR1, and interrupt delivery;
+//! - `shared.rs`: state shared with the worker, the lock order, and the queue *generation* that keeps a
+//!   reset from racing the worker;
+//! - `queue.rs`: the command-queue worker (NOP, FENCE, STATS; other opcodes go to a pluggable extension);
+//! - `device.rs`: [`Device`], which routes region accesses to the above.
 
 pub mod abi;
-
-use std::sync::Arc;
+mod bar0;
+mod device;
+mod msix;
+mod pci;
+mod queue;
+mod shared;
+mod stats;
 
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+pub use device::{Device, DeviceError};
 
 /// Guest memory as the device sees it: the DMA-mapped regions, replaced atomically by the server on
 /// DMA_MAP/DMA_UNMAP. Every device access to guest memory goes through a snapshot of it.
@@ -28,6 +44,40 @@ pub mod region {
     pub const VGA: u32 = 8;
     /// Number of PCI regions.
     pub const COUNT: u32 = 9;
+}
+
+/// VFIO interrupt indexes (same numbering as `VFIO_PCI_*_IRQ_INDEX`).
+pub mod irq {
+    /// Legacy INTx.
+    pub const INTX: u32 = 0;
+    /// MSI.
+    pub const MSI: u32 = 1;
+    /// MSI-X.
+    pub const MSIX: u32 = 2;
+    /// Error (AER) notification.
+    pub const ERR: u32 = 3;
+    /// Device request (unplug) notification.
+    pub const REQ: u32 = 4;
+    /// Number of interrupt indexes.
+    pub const COUNT: u32 = 5;
+}
+
+/// Number of interrupts the device offers at VFIO interrupt `index` (see [`irq`]), for GET_IRQ_INFO.
+///
+/// - INTx 0: the interrupt pin is "none" (MSI-X only).
+/// - MSI 0: no MSI capability.
+/// - MSI-X [`abi::MSIX_VECTORS`].
+/// - ERR 1: what a PCIe function behind vfio-pci reports; QEMU then sets `pci_aer` and sends one
+///   SET_IRQS for it (the device never signals it). With 0 QEMU prints "Could not enable error recovery".
+/// - REQ 0: QEMU silently skips the request notifier.
+///
+/// Indexes >= [`irq::COUNT`] have 0.
+pub fn irq_count(index: u32) -> u32 {
+    match index {
+        irq::MSIX => u32::from(abi::MSIX_VECTORS),
+        irq::ERR => 1,
+        _ => 0,
+    }
 }
 
 /// Where MSI-X messages go. The server implements it over the eventfds QEMU passed with SET_IRQS.
@@ -103,7 +153,3 @@ pub enum AccessError {
         len: usize,
     },
 }
-
-/// Keeps the API surface used by the server in one place; implemented in the device modules.
-#[allow(dead_code)]
-fn _api_shape(_: Arc<dyn InterruptSink>, _: GuestMem) {}

@@ -1,0 +1,460 @@
+//! State shared by the socket thread (region accesses, resets) and the queue worker, and the rules that
+//! keep a reset from racing the worker.
+//!
+//! # Locks
+//!
+//! Always taken in this order (a thread may skip any of them):
+//!
+//! 1. `effects` — held around every guest-visible side effect of the device (guest-memory writes and
+//!    interrupts) and around every change of the queue *generation*. Held for one short write at a time.
+//! 2. `regs` — the register file; the worker's condition variable `wake` waits on it.
+//! 3. `config` — configuration space.
+//! 4. `msix` — MSI-X table, PBA and delivery.
+//!
+//! # Generations
+//!
+//! `generation` changes (with both `effects` and `regs` held) whenever the queue's world changes under the
+//! worker: device reset, queue enable/disable, entering the error state, shutdown. The worker snapshots the
+//! generation with the queue configuration, and performs each side effect only through
+//! [`Shared::effects`], which takes the effects lock and checks that the generation is unchanged. So once
+//! a reset has returned, the worker can no longer write guest memory or raise an interrupt for the old
+//! queue: it either finished its write before the reset took the lock, or it sees the new generation and
+//! abandons the batch. A reset waits at most for one in-flight write of the worker (a few bytes), never
+//! for a batch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+use log::{debug, info, warn};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::bar0::{FaultRingState, Identity, QueueState, RegWrite, Regs};
+use crate::msix::Msix;
+use crate::pci::ConfigSpace;
+use crate::stats::Stats;
+use crate::{abi, GuestMem};
+
+/// Ring base alignment (command queue and fault ring).
+const RING_ALIGN: u64 = 4096;
+
+/// Locks `m`, ignoring poisoning: every critical section leaves its data consistent, and a panic on one
+/// thread must not take the socket thread down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Witness that the effects lock is held.
+pub(crate) struct Effects<'a> {
+    _guard: MutexGuard<'a, ()>,
+}
+
+/// Everything the device's threads share.
+pub(crate) struct Shared {
+    /// Identity registers.
+    pub id: Identity,
+    /// Guest memory (DMA-mapped regions).
+    pub mem: GuestMem,
+    effects: Mutex<()>,
+    generation: AtomicU64,
+    /// The register file.
+    pub regs: Mutex<Regs>,
+    /// Wakes the worker (doorbells, enable, shutdown); used with `regs`.
+    pub wake: Condvar,
+    /// Configuration space.
+    pub config: Mutex<ConfigSpace>,
+    /// MSI-X state and interrupt delivery.
+    pub msix: Mutex<Msix>,
+    /// Counters.
+    pub stats: Stats,
+    /// Region accesses refused for their width or alignment.
+    pub bad_accesses: AtomicU64,
+}
+
+/// Whether `[base, base + len)` is entirely inside guest memory.
+pub(crate) fn range_ok(mem: &GuestMemoryMmap, base: u64, len: u64) -> bool {
+    if len == 0 {
+        return true;
+    }
+    let Ok(count) = usize::try_from(len) else {
+        return false;
+    };
+    base.checked_add(len - 1).is_some()
+        && GuestMemoryBackend::check_range(mem, GuestAddress(base), count)
+}
+
+/// Validates a ring: `align`-aligned base, power-of-two size within `min..=max`, inside guest memory.
+fn ring_ok(mem: &GuestMemoryMmap, base: u64, size: u32, entry: u64, min: u32, max: u32) -> bool {
+    base & (RING_ALIGN - 1) == 0
+        && size.is_power_of_two()
+        && (min..=max).contains(&size)
+        && range_ok(mem, base, u64::from(size) * entry)
+}
+
+/// Validates the writeback block: 64-byte aligned and inside guest memory.
+fn wb_ok(mem: &GuestMemoryMmap, wb: u64) -> bool {
+    wb & (abi::WB_SIZE - 1) == 0 && range_ok(mem, wb, abi::WB_SIZE)
+}
+
+/// Name of an `FL_ERR_*` code for logs.
+fn error_name(code: u32) -> &'static str {
+    match code {
+        abi::ERR_CQ_CONFIG => "CQ_CONFIG",
+        abi::ERR_WB_CONFIG => "WB_CONFIG",
+        abi::ERR_CQ_DMA => "CQ_DMA",
+        abi::ERR_BAD_OPCODE => "BAD_OPCODE",
+        abi::ERR_BAD_TAIL => "BAD_TAIL",
+        abi::ERR_FR_CONFIG => "FR_CONFIG",
+        abi::ERR_BAD_ARG => "BAD_ARG",
+        abi::ERR_FENCE_DMA => "FENCE_DMA",
+        _ => "?",
+    }
+}
+
+impl Shared {
+    /// Shared state in its reset state.
+    pub(crate) fn new(id: Identity, mem: GuestMem, msix: Msix) -> Self {
+        Shared {
+            id,
+            mem,
+            effects: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            regs: Mutex::new(Regs::default()),
+            wake: Condvar::new(),
+            config: Mutex::new(ConfigSpace::new()),
+            msix: Mutex::new(msix),
+            stats: Stats::new(),
+            bad_accesses: AtomicU64::new(0),
+        }
+    }
+
+    /// The current queue generation (read it under `regs` to pair it with a queue snapshot).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Takes the effects lock if the generation is still `gen`; `None` means the caller's queue is gone.
+    pub(crate) fn effects(&self, gen: u64) -> Option<Effects<'_>> {
+        let guard = lock(&self.effects);
+        (self.generation.load(Ordering::Acquire) == gen).then_some(Effects { _guard: guard })
+    }
+
+    fn effects_any(&self) -> Effects<'_> {
+        Effects {
+            _guard: lock(&self.effects),
+        }
+    }
+
+    /// Starts a new generation; the two references prove both locks are held.
+    fn bump(&self, _fx: &Effects<'_>, _regs: &mut Regs) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `FL_CTRL_RESET`: queues disabled, registers and counters to defaults, worker idle. Configuration
+    /// space and MSI-X are untouched.
+    pub(crate) fn reset_registers(&self) {
+        let fx = self.effects_any();
+        let mut regs = lock(&self.regs);
+        self.bump(&fx, &mut regs);
+        regs.reset();
+        self.stats.clear();
+        drop(regs);
+        self.wake.notify_all();
+    }
+
+    /// Function reset (vfio-user DEVICE_RESET, PCIe FLR): registers, configuration space and MSI-X.
+    pub(crate) fn reset_function(&self) {
+        let fx = self.effects_any();
+        let mut regs = lock(&self.regs);
+        self.bump(&fx, &mut regs);
+        regs.reset();
+        self.stats.clear();
+        drop(regs);
+        lock(&self.config).reset();
+        lock(&self.msix).reset();
+        drop(fx);
+        self.wake.notify_all();
+    }
+
+    /// Stops the worker for good.
+    pub(crate) fn request_shutdown(&self) {
+        let fx = self.effects_any();
+        let mut regs = lock(&self.regs);
+        self.bump(&fx, &mut regs);
+        regs.shutdown = true;
+        drop(regs);
+        drop(fx);
+        self.wake.notify_all();
+    }
+
+    /// Enters the error state (spec section 8) unless already in it: sets `FL_REG_ERROR`/`ERROR_INFO`
+    /// and `FL_STATUS_ERROR`, stops the queue (new generation), writes `FL_WB_ERROR` if the writeback block
+    /// is usable, and raises `FL_VEC_ERROR`.
+    pub(crate) fn fail(&self, fx: &Effects<'_>, code: u32, info: u32) {
+        let mem = self.mem.memory();
+        let mut regs = lock(&self.regs);
+        if regs.error != abi::ERR_NONE {
+            return;
+        }
+        regs.error = code;
+        regs.error_info = info;
+        self.bump(fx, &mut regs);
+        let wb = match regs.cq {
+            Some(q) => Some(q.wb),
+            None => Some(regs.wb).filter(|&wb| wb_ok(&mem, wb)),
+        };
+        drop(regs);
+        warn!(
+            "device error {code} (FL_ERR_{}), info {info:#x}; queue stopped until reset",
+            error_name(code)
+        );
+        if let Some(wb) = wb {
+            if let Err(e) = mem.store(code, GuestAddress(wb + abi::WB_ERROR), Ordering::Release) {
+                warn!("cannot write FL_WB_ERROR at {wb:#x}: {e}");
+            }
+        }
+        lock(&self.msix).signal(abi::VEC_ERROR);
+    }
+
+    /// [`Shared::fail`] for a caller that does not hold the effects lock; with `Some(gen)`, only if the
+    /// generation is still `gen`.
+    pub(crate) fn raise_error(&self, gen: Option<u64>, code: u32, info: u32) {
+        let fx = match gen {
+            Some(gen) => match self.effects(gen) {
+                Some(fx) => fx,
+                None => return,
+            },
+            None => self.effects_any(),
+        };
+        self.fail(&fx, code, info);
+    }
+
+    /// Publishes the queue's progress: the `FL_REG_CQ_HEAD` mirror first (so a doorbell check never sees
+    /// a head older than the driver's), then `FL_WB_COMPLETED` and `FL_WB_CQ_HEAD` with release stores
+    /// (after every effect of the commands before `head`), then `FL_VEC_QUEUE` if `irq`.
+    ///
+    /// Returns false if the generation changed: the caller must abandon its batch.
+    pub(crate) fn publish(&self, gen: u64, head: u32, completed: u64, irq: bool) -> bool {
+        let Some(fx) = self.effects(gen) else {
+            return false;
+        };
+        let wb = {
+            let mut regs = lock(&self.regs);
+            let Some(q) = regs.cq.as_mut() else {
+                return false;
+            };
+            q.head = head;
+            q.completed = completed;
+            q.wb
+        };
+        let mem = self.mem.memory();
+        let stored = mem
+            .store(
+                completed,
+                GuestAddress(wb + abi::WB_COMPLETED),
+                Ordering::Release,
+            )
+            .and_then(|()| mem.store(head, GuestAddress(wb + abi::WB_CQ_HEAD), Ordering::Release));
+        if let Err(e) = stored {
+            warn!("cannot write the writeback block at {wb:#x}: {e}");
+            self.fail(&fx, abi::ERR_WB_CONFIG, head);
+            return false;
+        }
+        if irq {
+            lock(&self.msix).signal(abi::VEC_QUEUE);
+        }
+        true
+    }
+
+    /// Carries out a BAR0 register write (socket thread; never waits for the worker's batch).
+    pub(crate) fn write_register(&self, offset: u64, val: u32) {
+        let action = lock(&self.regs).write(offset, val);
+        match action {
+            None => {}
+            Some(RegWrite::Control(v)) => self.write_control(v),
+            Some(RegWrite::CqTail(tail)) => self.doorbell(tail),
+            Some(RegWrite::CqControl(v)) => self.write_cq_control(v),
+            Some(RegWrite::FrGet(get)) => {
+                // Re-arming the fault interrupt belongs to the MMU; no fault is ever posted yet.
+                if let Some(fr) = lock(&self.regs).fr.as_mut() {
+                    fr.get = get;
+                }
+            }
+            Some(RegWrite::FrControl(v)) => self.write_fr_control(v),
+        }
+    }
+
+    fn write_control(&self, val: u32) {
+        if val & abi::CTRL_RESET != 0 {
+            info!("FL_CTRL_RESET: device registers reset");
+            self.reset_registers();
+            return;
+        }
+        lock(&self.regs).control = val & abi::CTRL_ENABLE;
+    }
+
+    fn doorbell(&self, tail: u32) {
+        let mut regs = lock(&self.regs);
+        let running = regs.queue_running();
+        let Some(q) = regs.cq.as_mut().filter(|_| running) else {
+            debug!("CQ_TAIL {tail} ignored: queue not running");
+            return;
+        };
+        if tail.wrapping_sub(q.head) > q.size {
+            let (head, size) = (q.head, q.size);
+            let gen = self.generation();
+            drop(regs);
+            warn!("CQ_TAIL {tail} beyond head {head} + size {size}");
+            self.raise_error(Some(gen), abi::ERR_BAD_TAIL, tail);
+            return;
+        }
+        q.tail = tail;
+        drop(regs);
+        self.wake.notify_one();
+    }
+
+    fn write_cq_control(&self, val: u32) {
+        let fx = self.effects_any();
+        let mut regs = lock(&self.regs);
+        let enable = val & abi::CQ_CTRL_ENABLE != 0;
+        match (regs.cq.is_some(), enable) {
+            (false, true) => {
+                if regs.error != abi::ERR_NONE {
+                    warn!("CQ enable ignored: device in error state, reset first");
+                    return;
+                }
+                let mem = self.mem.memory();
+                let (base, size, wb) = (regs.cq_base, regs.cq_size, regs.wb);
+                let code = if !ring_ok(
+                    &mem,
+                    base,
+                    size,
+                    abi::CMD_SIZE,
+                    abi::CQ_MIN_ENTRIES,
+                    abi::CQ_MAX_ENTRIES,
+                ) {
+                    abi::ERR_CQ_CONFIG
+                } else if !wb_ok(&mem, wb) {
+                    abi::ERR_WB_CONFIG
+                } else {
+                    abi::ERR_NONE
+                };
+                if code != abi::ERR_NONE {
+                    drop(regs);
+                    warn!("CQ enable: base {base:#x} size {size} writeback {wb:#x} rejected");
+                    self.fail(&fx, code, 0);
+                    return;
+                }
+                self.bump(&fx, &mut regs);
+                regs.cq = Some(QueueState {
+                    base,
+                    size,
+                    wb,
+                    head: 0,
+                    tail: 0,
+                    completed: 0,
+                });
+                drop(regs);
+                info!("command queue enabled: base {base:#x} size {size} writeback {wb:#x}");
+                let init = mem
+                    .store(
+                        0u64,
+                        GuestAddress(wb + abi::WB_COMPLETED),
+                        Ordering::Release,
+                    )
+                    .and_then(|()| {
+                        mem.store(0u32, GuestAddress(wb + abi::WB_ERROR), Ordering::Release)
+                    })
+                    .and_then(|()| {
+                        mem.store(0u32, GuestAddress(wb + abi::WB_CQ_HEAD), Ordering::Release)
+                    });
+                if init.is_err() {
+                    self.fail(&fx, abi::ERR_WB_CONFIG, 0);
+                }
+            }
+            (true, false) => {
+                self.bump(&fx, &mut regs);
+                regs.cq = None;
+                info!("command queue disabled");
+            }
+            _ => {}
+        }
+    }
+
+    fn write_fr_control(&self, val: u32) {
+        let fx = self.effects_any();
+        let mut regs = lock(&self.regs);
+        let enable = val & abi::FR_CTRL_ENABLE != 0;
+        match (regs.fr.is_some(), enable) {
+            (false, true) => {
+                if regs.error != abi::ERR_NONE {
+                    warn!("fault ring enable ignored: device in error state, reset first");
+                    return;
+                }
+                let mem = self.mem.memory();
+                let (base, size, wb) = (regs.fr_base, regs.fr_size, regs.wb);
+                let code = if !ring_ok(
+                    &mem,
+                    base,
+                    size,
+                    abi::FAULT_SIZE,
+                    abi::FR_MIN_ENTRIES,
+                    abi::FR_MAX_ENTRIES,
+                ) {
+                    abi::ERR_FR_CONFIG
+                } else if !wb_ok(&mem, wb) {
+                    abi::ERR_WB_CONFIG
+                } else {
+                    abi::ERR_NONE
+                };
+                if code != abi::ERR_NONE {
+                    drop(regs);
+                    warn!(
+                        "fault ring enable: base {base:#x} size {size} writeback {wb:#x} rejected"
+                    );
+                    self.fail(&fx, code, 0);
+                    return;
+                }
+                regs.fr = Some(FaultRingState {
+                    base,
+                    size,
+                    get: 0,
+                    put: 0,
+                });
+                info!("fault ring enabled: base {base:#x} size {size}");
+            }
+            (true, false) => {
+                regs.fr = None;
+                info!("fault ring disabled");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_checks() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x20000), 0x1000),
+        ])
+        .unwrap();
+        assert!(range_ok(&mem, 0, 0x10000));
+        assert!(!range_ok(&mem, 0, 0x10001));
+        assert!(!range_ok(&mem, 0xf000, 0x11001), "spans a hole");
+        assert!(range_ok(&mem, 0x20000, 0x1000));
+        assert!(!range_ok(&mem, u64::MAX, 2));
+        assert!(!range_ok(&mem, 0x30000, 1));
+        assert!(ring_ok(&mem, 0x1000, 64, abi::CMD_SIZE, 2, 65536));
+        assert!(!ring_ok(&mem, 0x1040, 64, abi::CMD_SIZE, 2, 65536));
+        assert!(!ring_ok(&mem, 0x1000, 48, abi::CMD_SIZE, 2, 65536));
+        assert!(!ring_ok(&mem, 0x1000, 1, abi::CMD_SIZE, 2, 65536));
+        assert!(!ring_ok(&mem, 0x1000, 1024, abi::CMD_SIZE, 2, 65536));
+        assert!(wb_ok(&mem, 0xffc0));
+        assert!(!wb_ok(&mem, 0xffe0));
+        assert!(!wb_ok(&mem, 0x10000));
+    }
+}
