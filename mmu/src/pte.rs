@@ -30,3 +30,107 @@ pub const PAGE_SHIFT: u32 = 12;
 pub const LARGE_PAGE_2M: u64 = 2 << 20;
 /// 1 GiB huge page.
 pub const HUGE_PAGE_1G: u64 = 1 << 30;
+
+/// Leaf permission bits.
+pub const PTE_PERM_MASK: u64 = PTE_READ | PTE_WRITE | PTE_ATOMIC;
+/// One past the highest device VA.
+pub const VA_LIMIT: u64 = 1 << VA_BITS;
+
+/// Shift of the VA bits that index a table at `level` (0 = last level, 3 = root).
+pub const fn level_shift(level: u32) -> u32 {
+    PAGE_SHIFT + 9 * level
+}
+
+/// Index into the table at `level` for `va`.
+pub const fn level_index(va: u64, level: u32) -> u64 {
+    (va >> level_shift(level)) & (PT_ENTRIES - 1)
+}
+
+/// Size of a leaf page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PageSize {
+    /// 4 KiB, a level-0 leaf.
+    Size4K,
+    /// 2 MiB, a level-1 leaf with [`PTE_LEAF`].
+    Size2M,
+    /// 1 GiB, a level-2 leaf with [`PTE_LEAF`].
+    Size1G,
+}
+
+impl PageSize {
+    /// All sizes, smallest first.
+    pub const ALL: [PageSize; 3] = [Self::Size4K, Self::Size2M, Self::Size1G];
+
+    /// Size in bytes.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            Self::Size4K => PAGE_SIZE,
+            Self::Size2M => LARGE_PAGE_2M,
+            Self::Size1G => HUGE_PAGE_1G,
+        }
+    }
+
+    /// log2 of the size.
+    pub const fn shift(self) -> u32 {
+        match self {
+            Self::Size4K => 12,
+            Self::Size2M => 21,
+            Self::Size1G => 30,
+        }
+    }
+
+    /// The page-table level whose entry maps a page of this size.
+    pub const fn level(self) -> u32 {
+        match self {
+            Self::Size4K => 0,
+            Self::Size2M => 1,
+            Self::Size1G => 2,
+        }
+    }
+
+    /// The size mapped by a leaf at `level`, if a leaf may live there.
+    pub const fn from_level(level: u32) -> Option<Self> {
+        match level {
+            0 => Some(Self::Size4K),
+            1 => Some(Self::Size2M),
+            2 => Some(Self::Size1G),
+            _ => None,
+        }
+    }
+
+    /// Dense index 0..3 (4K, 2M, 1G).
+    pub const fn index(self) -> usize {
+        self.level() as usize
+    }
+
+    /// `va` rounded down to this page size.
+    pub const fn align_down(self, va: u64) -> u64 {
+        va & !(self.bytes() - 1)
+    }
+}
+
+/// Leaf permissions: a subset of [`PTE_PERM_MASK`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Perms(u8);
+
+impl Perms {
+    /// No permission.
+    pub const NONE: Perms = Perms(0);
+    /// Read, write and atomic.
+    pub const ALL: Perms = Perms(PTE_PERM_MASK as u8);
+
+    /// Takes the permission bits of a PTE; other bits are ignored.
+    pub const fn from_pte(pte: u64) -> Perms {
+        Perms((pte & PTE_PERM_MASK) as u8)
+    }
+
+    /// The permission bits, in PTE position.
+    pub const fn bits(self) -> u64 {
+        self.0 as u64
+    }
+
+    /// Whether `access` is allowed.
+    pub fn allows(self, access: crate::fault::AccessType) -> bool {
+        self.bits() & access.required_pte_bit() != 0
+    }
+}
