@@ -22,7 +22,6 @@ use crate::queue::{CmdError, Command, Done, ExecCtx, Extension};
 #[derive(Debug, Default)]
 pub(crate) struct DeviceExtension;
 
-
 const BAD_ARG: CmdError = CmdError::Queue(abi::ERR_BAD_ARG);
 
 fn mmu_err(e: MmuError) -> CmdError {
@@ -108,7 +107,10 @@ impl Extension for DeviceExtension {
             }
             abi::OP_CANCEL => {
                 let c = one_ctx(cmd, ctx)?;
-                let mask = u8::try_from(a1).ok().filter(|m| m & !0xf == 0).ok_or(BAD_ARG)?;
+                let mask = u8::try_from(a1)
+                    .ok()
+                    .filter(|m| m & !0xf == 0)
+                    .ok_or(BAD_ARG)?;
                 let n = ctx.effect(|_| eng.stalls.cancel(c, a0, mask))?;
                 debug!("CANCEL ctx {c} page {a0:#x} mask {mask:#x}: {n} lanes");
             }

@@ -7,11 +7,11 @@ use std::thread::JoinHandle;
 use log::{debug, info, warn};
 
 use crate::bar0::Identity;
-use crate::msix::Msix;
-use crate::pci::CONFIG_SPACE_SIZE;
 use crate::commands::DeviceExtension;
 use crate::engines::{lane_thread, Engine};
 use crate::faults::FaultRingHw;
+use crate::msix::Msix;
+use crate::pci::CONFIG_SPACE_SIZE;
 use crate::queue::{Extension, Worker};
 use crate::shared::{lock, Shared};
 use crate::{abi, region, AccessError, DeviceConfig, GuestMem, InterruptSink, RegionInfo};

@@ -207,7 +207,10 @@ impl Engine {
         d: &Decoded,
     ) -> Result<(), QueueError> {
         if !range_ok(mem, d.spec.record, abi::COMPL_SIZE) {
-            debug!("job seq {}: completion record {:#x} outside guest memory", d.spec.seq, d.spec.record);
+            debug!(
+                "job seq {}: completion record {:#x} outside guest memory",
+                d.spec.seq, d.spec.record
+            );
             return Err(QueueError(abi::ERR_FENCE_DMA));
         }
         shared.stats.add(abi::STAT_JOBS, 1);
@@ -342,7 +345,10 @@ impl Engine {
             self.complete(shared, j, abi::JOB_ABORTED);
         }
         if !jobs.is_empty() {
-            debug!("reset: {} jobs aborted, {stalled} stalled lanes released", jobs.len());
+            debug!(
+                "reset: {} jobs aborted, {stalled} stalled lanes released",
+                jobs.len()
+            );
         }
         let mut raw = Counters::default();
         self.raw_counters(&mut raw);
@@ -605,7 +611,8 @@ impl LaneRun<'_> {
                     dma
                 };
                 while done < n {
-                    let s = slice_at(mem, pa + done, (n - done) as usize).ok_or_else(|| partial(done))?;
+                    let s = slice_at(mem, pa + done, (n - done) as usize)
+                        .ok_or_else(|| partial(done))?;
                     let words = s.len() / 8;
                     if words == 0 {
                         // A word straddling two memory regions cannot be accessed atomically.

@@ -29,8 +29,8 @@ use faultline_mmu::{fault, Counters, FaultEntry, FaultRing, IrqAction, PostOutco
 use log::{debug, warn};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 
-use crate::shared::{lock, Shared};
 use crate::abi;
+use crate::shared::{lock, Shared};
 
 /// Nanoseconds since the device was created or last reset: the fault timestamps and moderation deadlines.
 #[derive(Debug)]
@@ -215,12 +215,10 @@ impl FaultRingHw {
                     .and_then(|()| store_u32(&mem, a.wb + abi::WB_FR_PUT, a.ring.put()))
                     .map(|()| (PostResult::Posted, irq))
             }
-            PostOutcome::Overflow => store_u32(
-                &mem,
-                a.wb + abi::WB_FR_OVERFLOWS,
-                a.ring.overflows() as u32,
-            )
-            .map(|()| (PostResult::Overflow, IrqAction::None)),
+            PostOutcome::Overflow => {
+                store_u32(&mem, a.wb + abi::WB_FR_OVERFLOWS, a.ring.overflows() as u32)
+                    .map(|()| (PostResult::Overflow, IrqAction::None))
+            }
         };
         match written {
             Ok((result, irq)) => {

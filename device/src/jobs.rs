@@ -355,9 +355,11 @@ impl Job {
     /// The `result` field for `status`.
     pub(crate) fn result(&self, status: u32) -> u64 {
         match self.spec.op {
-            Op::Checksum if status == abi::JOB_OK => self.digests.iter().fold(FNV_OFFSET, |h, d| {
-                fnv1a(h, &d.load(Ordering::Relaxed).to_le_bytes())
-            }),
+            Op::Checksum if status == abi::JOB_OK => {
+                self.digests.iter().fold(FNV_OFFSET, |h, d| {
+                    fnv1a(h, &d.load(Ordering::Relaxed).to_le_bytes())
+                })
+            }
             Op::AtomicAdd(_) => self.bytes.load(Ordering::Relaxed) / 8,
             _ => 0,
         }
@@ -377,7 +379,11 @@ pub(crate) struct Record {
 
 impl Record {
     /// Writes the record at `gpa`: everything, then `status` with release order.
-    pub(crate) fn write(&self, mem: &GuestMemoryMmap, gpa: u64) -> Result<(), vm_memory::GuestMemoryError> {
+    pub(crate) fn write(
+        &self,
+        mem: &GuestMemoryMmap,
+        gpa: u64,
+    ) -> Result<(), vm_memory::GuestMemoryError> {
         let mut body = [0u8; abi::COMPL_OFF_STATUS as usize];
         body[0..8].copy_from_slice(&self.seq.to_le_bytes());
         body[8..16].copy_from_slice(&self.bytes.to_le_bytes());
@@ -447,7 +453,11 @@ mod tests {
 
     #[test]
     fn decode_checks() {
-        let ok = decode(&cmd(abi::OP_JOB_COPY, [0, 0x1000, 0x1000, 0, 0x40, 0]), &LIM).unwrap();
+        let ok = decode(
+            &cmd(abi::OP_JOB_COPY, [0, 0x1000, 0x1000, 0, 0x40, 0]),
+            &LIM,
+        )
+        .unwrap();
         assert!(!ok.invalid);
         assert_eq!(ok.spec.chunk, 4096);
         assert_eq!(ok.spec.engine, Some(0));
@@ -457,7 +467,10 @@ mod tests {
             context: 4,
             ..cmd(abi::OP_JOB_FILL, [0; 6])
         };
-        assert_eq!(decode(&bad_ctx, &LIM).unwrap_err(), QueueError(abi::ERR_BAD_ARG));
+        assert_eq!(
+            decode(&bad_ctx, &LIM).unwrap_err(),
+            QueueError(abi::ERR_BAD_ARG)
+        );
         assert_eq!(
             decode(&cmd(abi::OP_JOB_FILL, [0, 0, 8, 0, 0x30, 0]), &LIM).unwrap_err(),
             QueueError(abi::ERR_BAD_ARG)
@@ -466,27 +479,77 @@ mod tests {
             let d = decode(&cmd(abi::OP_JOB_FILL, [0, 0, 8, 0, 0, a5]), &LIM).unwrap();
             assert!(d.invalid, "a5 {a5:#x}");
         }
-        let any = decode(&cmd(abi::OP_JOB_FILL, [0, 0, 8, 0, 0, 0xff << 8 | 4 << 16 | 64 << 32]), &LIM).unwrap();
+        let any = decode(
+            &cmd(
+                abi::OP_JOB_FILL,
+                [0, 0, 8, 0, 0, 0xff << 8 | 4 << 16 | 64 << 32],
+            ),
+            &LIM,
+        )
+        .unwrap();
         assert!(!any.invalid);
         assert_eq!(any.spec.engine, None);
         assert_eq!(any.spec.chunk, 64);
-        assert!(decode(&cmd(abi::OP_JOB_ATOMIC_ADD, [0, 4, 8, 0, 0, 0]), &LIM).unwrap().invalid);
-        assert!(decode(&cmd(abi::OP_JOB_ATOMIC_ADD, [0, 8, 12, 0, 0, 0]), &LIM).unwrap().invalid);
-        assert!(decode(&cmd(abi::OP_JOB_ATOMIC_ADD, [0, 8, 16, 0, 0, 12 << 32]), &LIM).unwrap().invalid);
-        assert!(decode(&cmd(abi::OP_JOB_FILL, [0, VA_LIMIT - 8, 16, 0, 0, 0]), &LIM).unwrap().invalid);
-        assert!(!decode(&cmd(abi::OP_JOB_FILL, [0, VA_LIMIT - 16, 16, 0, 0, 0]), &LIM).unwrap().invalid);
-        assert!(decode(&cmd(abi::OP_JOB_CHECKSUM, [0, 0, 1 << 21, 0, 0, 1 << 32]), &LIM).unwrap().invalid);
+        assert!(
+            decode(&cmd(abi::OP_JOB_ATOMIC_ADD, [0, 4, 8, 0, 0, 0]), &LIM)
+                .unwrap()
+                .invalid
+        );
+        assert!(
+            decode(&cmd(abi::OP_JOB_ATOMIC_ADD, [0, 8, 12, 0, 0, 0]), &LIM)
+                .unwrap()
+                .invalid
+        );
+        assert!(
+            decode(
+                &cmd(abi::OP_JOB_ATOMIC_ADD, [0, 8, 16, 0, 0, 12 << 32]),
+                &LIM
+            )
+            .unwrap()
+            .invalid
+        );
+        assert!(
+            decode(&cmd(abi::OP_JOB_FILL, [0, VA_LIMIT - 8, 16, 0, 0, 0]), &LIM)
+                .unwrap()
+                .invalid
+        );
+        assert!(
+            !decode(
+                &cmd(abi::OP_JOB_FILL, [0, VA_LIMIT - 16, 16, 0, 0, 0]),
+                &LIM
+            )
+            .unwrap()
+            .invalid
+        );
+        assert!(
+            decode(
+                &cmd(abi::OP_JOB_CHECKSUM, [0, 0, 1 << 21, 0, 0, 1 << 32]),
+                &LIM
+            )
+            .unwrap()
+            .invalid
+        );
     }
 
     #[test]
     fn chunk_orders() {
-        let spec = decode(&cmd(abi::OP_JOB_FILL, [0, 0, 10, 0, 0, 1 | 1 << 32]), &LIM).unwrap().spec;
+        let spec = decode(&cmd(abi::OP_JOB_FILL, [0, 0, 10, 0, 0, 1 | 1 << 32]), &LIM)
+            .unwrap()
+            .spec;
         let job = Job::new(0, JobSpec { lanes: 3, ..spec }, Some(0), 4);
         assert_eq!(job.slots, 3);
         let mut k = 0;
         let mine: Vec<u64> = std::iter::from_fn(|| job.next_chunk(1, &mut k)).collect();
         assert_eq!(mine, vec![1, 4, 7]);
-        let job = Job::new(0, JobSpec { pattern: Pattern::Random, ..spec }, Some(0), 4);
+        let job = Job::new(
+            0,
+            JobSpec {
+                pattern: Pattern::Random,
+                ..spec
+            },
+            Some(0),
+            4,
+        );
         let mut all: Vec<u64> = std::iter::from_fn(|| job.next_chunk(0, &mut k)).collect();
         all.sort_unstable();
         assert_eq!(all, (0..10).collect::<Vec<_>>());

@@ -59,10 +59,7 @@ mod tests {
         assert_eq!(p.read_u64(0x1ff8), Ok(0x1122_3344_5566_7788));
         assert_eq!(p.read_u64(0x2000), Err(PhysError::OutOfRange(0x2000)));
         assert_eq!(p.read_u64(0x1ffc), Err(PhysError::Unaligned(0x1ffc)));
-        assert_eq!(
-            p.read_u64(u64::MAX & !7),
-            Err(PhysError::OutOfRange(u64::MAX & !7))
-        );
+        assert_eq!(p.read_u64(!7u64), Err(PhysError::OutOfRange(!7u64)));
         assert_eq!(slice_at(&mem, 0x1f00, 0x1000).unwrap().len(), 0x100);
         assert_eq!(slice_at(&mem, 0x10000, 0x10).unwrap().len(), 0x10);
         assert!(slice_at(&mem, 0x3000, 1).is_none());
