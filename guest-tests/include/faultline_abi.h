@@ -15,12 +15,8 @@
 #include <linux/stddef.h>
 #define FL_STATIC_ASSERT(e) static_assert(e)
 #else
-#include <stdint.h>
+#include <linux/types.h>
 #include <stddef.h>
-typedef uint8_t __u8;
-typedef uint16_t __u16;
-typedef uint32_t __u32;
-typedef uint64_t __u64;
 #define FL_STATIC_ASSERT(e) _Static_assert(e, #e)
 #endif
 

@@ -5,7 +5,8 @@
 //! returns an [`Access`] guard holding the translation. The lane keeps the guard while it moves the bytes of
 //! that page and drops it afterwards. `translate` samples the context's *walk generation* before anything else,
 //! looks the TLB up, and on a miss walks the page table and fills the TLB only if the generation is unchanged
-//! (checked while the TLB set is locked).
+//! (checked while the TLB set is locked). A lane that translates several pages for one piece of work can take
+//! a [`PinGuard`] with [`Lane::pin`] first: nested translations then skip the pin's barrier.
 //!
 //! # Invalidating
 //! [`Mmu::invalidate`] (and `_ctx`, `_all`, `bind`, `unbind`) runs on the command processor:
@@ -29,7 +30,8 @@
 //! sees the page table as it was when the invalidation started. So once the command that follows (a FENCE) is
 //! visible, the device never again uses a translation removed before the INVALIDATE.
 //!
-//! Waiting makes one rule essential: **a lane must not block (stall for a replay, take a lock held across a
+//! Guards must be dropped, not leaked (`mem::forget` of an [`Access`] would make every later invalidation of
+//! its context wait forever). Waiting makes one rule essential: **a lane must not block (stall for a replay, take a lock held across a
 //! command) while it holds an `Access`**, or the command processor would wait for a lane that waits for a
 //! command. [`StallTable::register`](crate::stall::StallTable::register) refuses a pinned lane.
 
@@ -160,6 +162,20 @@ struct LaneSlot {
     tlb_hits: AtomicU64,
     tlb_misses: AtomicU64,
     walks: AtomicU64,
+}
+
+impl LaneSlot {
+    /// Drops one level of pinning; the last one publishes "not pinned" (Release: the lane's accesses happen
+    /// before an invalidation that sees it).
+    #[inline]
+    fn unpin(&self) {
+        let depth = self.depth.load(Ordering::Relaxed).saturating_sub(1);
+        self.depth.store(depth, Ordering::Relaxed);
+        if depth == 0 {
+            let word = self.word.load(Ordering::Relaxed);
+            self.word.store(word & !PINNED, Ordering::Release);
+        }
+    }
 }
 
 /// Adds one to a counter that only one thread writes (no read-modify-write needed).
@@ -371,7 +387,7 @@ impl Mmu {
         }
         // 2. Remove the cached translations.
         flush(&self.tlb);
-        // 3. Pairs with the fence in `Lane::pin` (Dekker): either we see a lane's pin or it sees steps 1 and 2.
+        // 3. Pairs with the fence in `Lane::pin_raw` (Dekker): either we see a lane's pin or it sees steps 1 and 2.
         fence(Ordering::SeqCst);
         let waits = self
             .lanes
@@ -439,7 +455,7 @@ impl Lane {
         self.slot().depth.load(Ordering::Relaxed) != 0
     }
 
-    fn pin(&self, ctx: u16) {
+    fn pin_raw(&self, ctx: u16) {
         let slot = self.slot();
         let depth = slot.depth.load(Ordering::Relaxed);
         let word = slot.word.load(Ordering::Relaxed);
@@ -449,6 +465,7 @@ impl Lane {
                 count << COUNT_SHIFT | u64::from(ctx) << CTX_SHIFT | PINNED,
                 Ordering::Relaxed,
             );
+            // Pairs with step 3 of `Mmu::begin` (Dekker).
             fence(Ordering::SeqCst);
         } else if pin_ctx(word) != ctx && pin_ctx(word) != CONTEXT_ALL {
             // A nested pin on another context: widen the pin to all contexts (same pin count).
@@ -461,14 +478,19 @@ impl Lane {
         slot.depth.store(depth + 1, Ordering::Relaxed);
     }
 
-    fn unpin(&self) {
-        let slot = self.slot();
-        let depth = slot.depth.load(Ordering::Relaxed).saturating_sub(1);
-        slot.depth.store(depth, Ordering::Relaxed);
-        if depth == 0 {
-            let word = slot.word.load(Ordering::Relaxed);
-            slot.word.store(word & !PINNED, Ordering::Release);
+    /// Pins the lane on `ctx` without translating: translations made while the returned guard lives skip the
+    /// pin's memory barrier (the dominant cost of a TLB hit), and invalidations of `ctx` wait for the guard.
+    /// Use it around one chunk of work (say, the source and destination pages of one copy), never across a
+    /// stall. Fails only for an out-of-range context.
+    pub fn pin(&self, ctx: u16) -> Result<PinGuard<'_>, TranslateError> {
+        if usize::from(ctx) >= self.mmu.contexts.len() {
+            return Err(TranslateError::BadContext(ctx));
         }
+        self.pin_raw(ctx);
+        Ok(PinGuard {
+            slot: self.slot(),
+            _lane: PhantomData,
+        })
     }
 
     /// Translates an `access` to `va` in context `ctx`, reading page tables from `mem` on a TLB miss.
@@ -490,20 +512,21 @@ impl Lane {
             .contexts
             .get(usize::from(ctx))
             .ok_or(TranslateError::BadContext(ctx))?;
-        self.pin(ctx);
+        self.pin_raw(ctx);
         match self.translate_pinned(slot, ctx, va, access, mem) {
             Ok(translation) => Ok(Access {
-                lane: self,
+                slot: self.slot(),
                 translation,
+                _lane: PhantomData,
             }),
             Err(e) => {
-                self.unpin();
+                self.slot().unpin();
                 Err(e)
             }
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn translate_pinned<M: PhysMem + ?Sized>(
         &self,
         c: &ContextSlot,
@@ -546,12 +569,29 @@ impl Lane {
     }
 }
 
+/// An explicit pin of a lane on a context (see [`Lane::pin`]); unpins when dropped.
+#[derive(Debug)]
+#[must_use = "the pin lasts as long as the guard"]
+pub struct PinGuard<'l> {
+    slot: &'l LaneSlot,
+    /// Keeps the guard on the lane's thread (`&Lane` is not `Send`).
+    _lane: PhantomData<&'l Lane>,
+}
+
+impl Drop for PinGuard<'_> {
+    fn drop(&mut self) {
+        self.slot.unpin();
+    }
+}
+
 /// A translation in use by a lane. While it lives, invalidations of its context wait; drop it as soon as the
 /// bytes of the page have been accessed, and never block while holding it.
 #[derive(Debug)]
 pub struct Access<'l> {
-    lane: &'l Lane,
+    slot: &'l LaneSlot,
     translation: Translation,
+    /// Keeps the guard on the lane's thread (`&Lane` is not `Send`).
+    _lane: PhantomData<&'l Lane>,
 }
 
 impl Access<'_> {
@@ -569,7 +609,8 @@ impl std::ops::Deref for Access<'_> {
 }
 
 impl Drop for Access<'_> {
+    #[inline]
     fn drop(&mut self) {
-        self.lane.unpin();
+        self.slot.unpin();
     }
 }

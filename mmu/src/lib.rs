@@ -53,7 +53,8 @@ pub mod tlb;
 pub mod walker;
 
 pub use context::{
-    Access, ConfigError, Invalidation, Lane, Mmu, MmuConfig, MmuError, TranslateError, CONTEXT_ALL,
+    Access, ConfigError, Invalidation, Lane, Mmu, MmuConfig, MmuError, PinGuard, TranslateError,
+    CONTEXT_ALL,
 };
 pub use fault::{AccessType, DecodeError, FaultEntry, FaultReason};
 pub use mem::{BuildError, FlatMem, PageTableBuilder, PhysError, PhysMem};

@@ -228,7 +228,7 @@ impl Tlb {
     }
 
     /// Looks `va` up for context `ctx`. A hit marks the way recently used.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&self, ctx: u16, va: u64) -> Option<Translation> {
         if va >= VA_LIMIT {
             return None;
@@ -238,7 +238,7 @@ impl Tlb {
             .find_map(|size| self.probe(ctx, va, size))
     }
 
-    #[inline]
+    #[inline(always)]
     fn probe(&self, ctx: u16, va: u64, size: PageSize) -> Option<Translation> {
         let vpn = va >> size.shift();
         let want = make_tag(ctx, size, vpn);

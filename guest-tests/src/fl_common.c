@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Helpers shared by the faultline guest programs. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fl_common.h"
+
+static int cmp_int(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+
+	return (x > y) - (x < y);
+}
+
+int fl_list_devices(int *idx, int max)
+{
+	struct dirent *de;
+	DIR *d = opendir("/dev");
+	int n = 0;
+
+	if (!d)
+		return 0;
+	while ((de = readdir(d)) != NULL && n < max) {
+		char *end;
+		long v;
+
+		if (strncmp(de->d_name, "faultline", 9) != 0 || !de->d_name[9])
+			continue;
+		v = strtol(de->d_name + 9, &end, 10);
+		if (*end || v < 0 || v > 1000000)
+			continue;
+		idx[n++] = (int)v;
+	}
+	closedir(d);
+	qsort(idx, (size_t)n, sizeof(*idx), cmp_int);
+	return n;
+}
+
+int fl_open_dev(int index)
+{
+	char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/dev/faultline%d", index);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int fl_ioctl(int fd, unsigned long req, void *arg)
+{
+	return ioctl(fd, req, arg) < 0 ? -errno : 0;
+}
+
+uint64_t fl_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int fl_pci_address(int index, char *buf, size_t len)
+{
+	char path[96], target[512];
+	const char *base;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/sys/class/misc/faultline%d/device", index);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return -errno;
+	target[n] = '\0';
+	base = strrchr(target, '/');
+	base = base ? base + 1 : target;
+	if (strlen(base) + 1 > len)
+		return -ENAMETOOLONG;
+	strcpy(buf, base);
+	return 0;
+}
+
+int fl_read_file(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, len - 1);
+	if (n < 0) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	close(fd);
+	buf[n] = '\0';
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+		buf[--n] = '\0';
+	return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+void fl_sort_u64(uint64_t *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), cmp_u64);
+}
+
+uint64_t fl_percentile(const uint64_t *sorted, size_t n, unsigned int p)
+{
+	size_t rank;
+
+	if (!n)
+		return 0;
+	rank = ((size_t)p * n + 99) / 100;	/* nearest rank, 1-based */
+	if (rank < 1)
+		rank = 1;
+	if (rank > n)
+		rank = n;
+	return sorted[rank - 1];
+}
+
+double fl_mean(const uint64_t *v, size_t n)
+{
+	double sum = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		sum += (double)v[i];
+	return n ? sum / (double)n : 0;
+}

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Helpers shared by the faultline guest programs (fl-test, fl-bench). */
+#ifndef FL_COMMON_H
+#define FL_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "faultline_abi.h"
+
+#include "faultline_uapi.h"
+
+#define FL_MAX_DEVICES 32
+
+/* Indices N of the /dev/faultlineN that exist, ascending. Returns how many. */
+int fl_list_devices(int *idx, int max);
+
+/* Opens /dev/faultline<index>; returns the fd or -errno. */
+int fl_open_dev(int index);
+
+/* ioctl() returning 0 or -errno. */
+int fl_ioctl(int fd, unsigned long req, void *arg);
+
+/* CLOCK_MONOTONIC in ns. */
+uint64_t fl_now_ns(void);
+
+/*
+ * PCI address ("0000:00:03.0") of faultline<index>, from the
+ * /sys/class/misc/faultline<index>/device link. 0 or -errno.
+ */
+int fl_pci_address(int index, char *buf, size_t len);
+
+/* Reads a small sysfs file into buf (trailing newline removed). 0 or -errno. */
+int fl_read_file(const char *path, char *buf, size_t len);
+
+/* Sorts ascending. */
+void fl_sort_u64(uint64_t *v, size_t n);
+
+/* Nearest-rank percentile (p in 0..100) of a sorted array; 0 if empty. */
+uint64_t fl_percentile(const uint64_t *sorted, size_t n, unsigned int p);
+
+/* Mean of an array; 0 if empty. */
+double fl_mean(const uint64_t *v, size_t n);
+
+#endif /* FL_COMMON_H */

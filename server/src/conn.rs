@@ -1,0 +1,369 @@
+//! One client connection: non-blocking reads with file descriptors, message framing, the single
+//! validation point before dispatch, and a buffered non-blocking writer.
+//!
+//! Reads never cross a message boundary: first the 16-byte header, then exactly the rest of
+//! `message_size`. File descriptors are delivered by the kernel with the first bytes read of the
+//! `sendmsg` that carried them, so every descriptor that arrives while a message is being read
+//! belongs to that message, whether the sender attached it to the header, to a later part, or to
+//! several messages written at once (it then belongs to the first). Exactly `message_size` bytes
+//! are consumed per message, so a refused message never desynchronises the stream.
+//!
+//! Framing checks close the connection (the stream cannot be trusted any more); everything else
+//! is a per-message error reply. Replies are queued and written as the socket accepts them
+//! (EPOLLOUT); while a lot of output is queued the connection stops reading, so a client that
+//! does not read its replies cannot make the server buffer without bound.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+
+use crate::error::{RequestError, StreamError};
+use crate::protocol::*;
+use crate::server::Control;
+use crate::session::Session;
+use crate::sock;
+
+/// Bytes asked for per `recvmsg`.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most `recvmsg` calls per wakeup, so other event sources get their turn.
+const READS_PER_WAKEUP: usize = 32;
+/// Stop reading while more than this many reply bytes wait to be written.
+const OUTPUT_HIGH_WATER: usize = 4 << 20;
+
+/// The connection of the active client.
+pub struct Connection {
+    stream: UnixStream,
+    session: Session,
+    /// The bytes of the message being received (never more than one message).
+    inbuf: Vec<u8>,
+    /// Its header, once complete and validated.
+    header: Option<Header>,
+    /// Descriptors received with the message being received.
+    fds: Vec<OwnedFd>,
+    /// Queued reply bytes; `outbuf[out_pos..]` is still to be written.
+    outbuf: Vec<u8>,
+    out_pos: usize,
+    interest: EventSet,
+    closed: bool,
+    control: Rc<RefCell<Control>>,
+    /// `recvmsg` target, reused (zeroed once) so small messages cost only their own bytes.
+    scratch: Box<[u8]>,
+    /// Failed posted messages so far (their log lines are rate-limited).
+    posted_failures: u64,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.stream.as_raw_fd())
+            .field("buffered_in", &self.inbuf.len())
+            .field("buffered_out", &(self.outbuf.len() - self.out_pos))
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Wraps an accepted stream; the session holds the client's device.
+    pub fn new(
+        stream: UnixStream,
+        session: Session,
+        control: Rc<RefCell<Control>>,
+    ) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        Ok(Connection {
+            stream,
+            session,
+            inbuf: Vec::new(),
+            header: None,
+            fds: Vec::new(),
+            outbuf: Vec::new(),
+            out_pos: 0,
+            interest: EventSet::IN,
+            closed: false,
+            control,
+            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            posted_failures: 0,
+        })
+    }
+
+    /// Reads what is available and handles every complete message.
+    fn on_readable(&mut self) -> Result<(), StreamError> {
+        for _ in 0..READS_PER_WAKEUP {
+            if self.pending_output() > OUTPUT_HIGH_WATER {
+                break;
+            }
+            // Read up to the end of the header, or of the message: never into the next one.
+            let want = match &self.header {
+                None => HEADER_SIZE - self.inbuf.len(),
+                Some(h) => h.message_size as usize - self.inbuf.len(),
+            }
+            .min(READ_CHUNK);
+            let got = match sock::recv_with_fds(self.stream.as_raw_fd(), &mut self.scratch[..want])
+            {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(StreamError::Io(e)),
+            };
+            if got.ctrunc {
+                return Err(StreamError::ControlTruncated);
+            }
+            if got.len == 0 {
+                return Err(if self.inbuf.is_empty() {
+                    StreamError::Eof
+                } else {
+                    StreamError::Truncated {
+                        have: self.inbuf.len(),
+                    }
+                });
+            }
+            self.inbuf.extend_from_slice(&self.scratch[..got.len]);
+            self.fds.extend(got.fds);
+            if self.header.is_none() && self.inbuf.len() == HEADER_SIZE {
+                let hdr = Header::parse(&self.inbuf)
+                    .ok_or(StreamError::SizeTooSmall(self.inbuf.len() as u32))?;
+                check_framing(&hdr)?;
+                self.inbuf.reserve(hdr.message_size as usize - HEADER_SIZE);
+                self.header = Some(hdr);
+            }
+            if let Some(hdr) = self.header {
+                if self.inbuf.len() == hdr.message_size as usize {
+                    self.header = None;
+                    let fds = std::mem::take(&mut self.fds);
+                    dispatch(
+                        &mut self.session,
+                        &mut self.outbuf,
+                        &mut self.posted_failures,
+                        &hdr,
+                        &self.inbuf[HEADER_SIZE..],
+                        fds,
+                    );
+                    self.inbuf.clear();
+                    if let Some(e) = self.session.take_close() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes queued replies until done or the socket is full.
+    fn flush(&mut self) -> Result<(), StreamError> {
+        while self.out_pos < self.outbuf.len() {
+            match sock::send(&self.stream, &self.outbuf[self.out_pos..]) {
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(StreamError::Io(e)),
+            }
+        }
+        if self.out_pos == self.outbuf.len() {
+            self.outbuf.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > OUTPUT_HIGH_WATER {
+            self.outbuf.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        Ok(())
+    }
+
+    fn pending_output(&self) -> usize {
+        self.outbuf.len() - self.out_pos
+    }
+
+    fn wanted_interest(&self) -> EventSet {
+        let mut set = EventSet::empty();
+        if self.pending_output() <= OUTPUT_HIGH_WATER {
+            set |= EventSet::IN;
+        }
+        if self.pending_output() > 0 {
+            set |= EventSet::OUT;
+        }
+        set
+    }
+
+    fn close(&mut self, why: StreamError, ops: &mut EventOps) {
+        match &why {
+            StreamError::Eof => log::info!("client disconnected"),
+            StreamError::Truncated { .. } | StreamError::Io(_) => {
+                log::warn!("closing client connection: {why}")
+            }
+            _ => log::error!("closing client connection: {why}"),
+        }
+        // Best effort: deliver queued replies (e.g. the error reply to a bad VERSION).
+        let _ = self.flush();
+        if let Err(e) = ops.remove(Events::empty(&self.stream)) {
+            log::warn!("removing the client socket from epoll: {e}");
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.fds.clear();
+        self.closed = true;
+        self.control.borrow_mut().connection_closed();
+    }
+}
+
+impl MutEventSubscriber for Connection {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if self.closed {
+            return;
+        }
+        let set = events.event_set();
+        let mut result = Ok(());
+        if set
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP)
+        {
+            result = self.on_readable();
+        }
+        // Write replies right away (the common case needs no EPOLLOUT round trip).
+        if result.is_ok() {
+            result = self.flush();
+        }
+        if let Err(e) = result {
+            self.close(e, ops);
+            return;
+        }
+        let want = self.wanted_interest();
+        if want != self.interest {
+            match ops.modify(Events::new(&self.stream, want)) {
+                Ok(()) => self.interest = want,
+                Err(e) => self.close(StreamError::Io(io::Error::other(e.to_string())), ops),
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.stream, self.interest)) {
+            log::error!("cannot watch the client socket: {e}");
+            self.closed = true;
+            self.control.borrow_mut().connection_closed();
+        }
+    }
+}
+
+/// The header checks that decide whether the stream can still be trusted.
+pub fn check_framing(hdr: &Header) -> Result<(), StreamError> {
+    if (hdr.message_size as usize) < HEADER_SIZE {
+        return Err(StreamError::SizeTooSmall(hdr.message_size));
+    }
+    if hdr.message_size > MAX_MESSAGE_SIZE {
+        return Err(StreamError::SizeTooLarge {
+            size: hdr.message_size,
+            max: MAX_MESSAGE_SIZE,
+        });
+    }
+    if hdr.flags & !FLAGS_KNOWN != 0 {
+        return Err(StreamError::ReservedFlags(hdr.flags & !FLAGS_KNOWN));
+    }
+    match hdr.msg_type() {
+        TYPE_COMMAND if hdr.flags & FLAG_ERROR != 0 => Err(StreamError::ErrorFlagOnCommand),
+        TYPE_COMMAND | TYPE_REPLY => Ok(()),
+        other => Err(StreamError::BadType(other)),
+    }
+}
+
+/// Validates the descriptor count, runs the handler and queues the reply (if one is wanted).
+fn dispatch(
+    session: &mut Session,
+    out: &mut Vec<u8>,
+    posted_failures: &mut u64,
+    hdr: &Header,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) {
+    let cmd = hdr.cmd();
+    log::trace!(
+        "recv id {} {cmd} size {} flags {:#x} fds {}",
+        hdr.id,
+        hdr.message_size,
+        hdr.flags,
+        fds.len()
+    );
+    if hdr.msg_type() == TYPE_REPLY {
+        // The server sends no requests, so no reply is expected; skip it (its fds are closed).
+        log::warn!(
+            "ignoring unexpected reply id {} for {cmd} ({} bytes)",
+            hdr.id,
+            hdr.message_size
+        );
+        return;
+    }
+    let max = cmd.max_fds().min(MAX_MSG_FDS);
+    let result = if fds.len() > max {
+        // Dropping `fds` closes them.
+        Err(RequestError::TooManyFds {
+            what: cmd.to_string(),
+            got: fds.len(),
+            max,
+        })
+    } else {
+        session.handle(hdr, payload, fds)
+    };
+    match result {
+        Ok(reply) if !hdr.no_reply() => out.extend_from_slice(&encode_reply(hdr, &reply)),
+        Ok(_) => {}
+        Err(e) if hdr.no_reply() => {
+            // A guest can post failing writes in a loop: log the first ones, then every 1000th.
+            *posted_failures += 1;
+            let n = *posted_failures;
+            if n <= 10 || n.is_power_of_two() || n % 1000 == 0 {
+                log::warn!(
+                    "posted {cmd} (id {}) failed, no reply sent: {e} ({n} posted failures so far)",
+                    hdr.id
+                );
+            }
+        }
+        Err(e) => {
+            log::warn!(
+                "{cmd} (id {}) refused with errno {}: {e}",
+                hdr.id,
+                e.errno()
+            );
+            out.extend_from_slice(&encode_error_reply(hdr, e.errno()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(size: u32, flags: u32) -> Header {
+        Header {
+            id: 1,
+            command: 1,
+            message_size: size,
+            flags,
+            error: 0,
+        }
+    }
+
+    #[test]
+    fn framing() {
+        assert!(check_framing(&hdr(16, 0)).is_ok());
+        assert!(check_framing(&hdr(16, FLAG_NO_REPLY)).is_ok());
+        assert!(check_framing(&hdr(16, TYPE_REPLY | FLAG_ERROR)).is_ok());
+        assert!(matches!(
+            check_framing(&hdr(15, 0)),
+            Err(StreamError::SizeTooSmall(15))
+        ));
+        assert!(matches!(
+            check_framing(&hdr(MAX_MESSAGE_SIZE + 1, 0)),
+            Err(StreamError::SizeTooLarge { .. })
+        ));
+        assert!(matches!(
+            check_framing(&hdr(16, 2)),
+            Err(StreamError::BadType(2))
+        ));
+        assert!(matches!(
+            check_framing(&hdr(16, 0x40)),
+            Err(StreamError::ReservedFlags(0x40))
+        ));
+        assert!(matches!(
+            check_framing(&hdr(16, FLAG_ERROR)),
+            Err(StreamError::ErrorFlagOnCommand)
+        ));
+    }
+}
