@@ -40,7 +40,7 @@ use vm_memory::{
 // ---------------------------------------------------------------------------------------------------
 // Layout of the guest memory of one schedule.
 
-const MEM_SIZE: u64 = 1 << 20;
+const MEM_SIZE: u64 = 512 << 10;
 const WB: u64 = 0x0;
 const CQ: u64 = 0x1000;
 const CQ_SIZE: u32 = 64;
@@ -55,8 +55,52 @@ const PAGE: u64 = 4096;
 const NV: u64 = 6;
 const CONTEXTS: u16 = 3;
 const POISON: u8 = 0xd7;
+/// A poisoned frame.
+static POISONED: [u8; PAGE as usize] = [POISON; PAGE as usize];
 /// Bound for every wait of a schedule.
 const WAIT: Duration = Duration::from_secs(20);
+
+/// `FAULTLINE_SIM_TRACE=1` prints the driver's actions (for replaying a seed).
+fn trace_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FAULTLINE_SIM_TRACE").is_some())
+}
+
+macro_rules! trace {
+    ($($t:tt)*) => {
+        if trace_on() {
+            eprintln!($($t)*);
+        }
+    };
+}
+
+/// What the schedules exercised, summed over a shard (checked so the simulator cannot become vacuous).
+#[derive(Debug, Default)]
+struct Coverage {
+    jobs: std::sync::atomic::AtomicU64,
+    faults: std::sync::atomic::AtomicU64,
+    overflows: std::sync::atomic::AtomicU64,
+    cancelled: std::sync::atomic::AtomicU64,
+    aborted: std::sync::atomic::AtomicU64,
+    migrations: std::sync::atomic::AtomicU64,
+    write_protects: std::sync::atomic::AtomicU64,
+    resets: std::sync::atomic::AtomicU64,
+}
+
+static COVERAGE: Coverage = Coverage {
+    jobs: std::sync::atomic::AtomicU64::new(0),
+    faults: std::sync::atomic::AtomicU64::new(0),
+    overflows: std::sync::atomic::AtomicU64::new(0),
+    cancelled: std::sync::atomic::AtomicU64::new(0),
+    aborted: std::sync::atomic::AtomicU64::new(0),
+    migrations: std::sync::atomic::AtomicU64::new(0),
+    write_protects: std::sync::atomic::AtomicU64::new(0),
+    resets: std::sync::atomic::AtomicU64::new(0),
+};
+
+fn count(c: &std::sync::atomic::AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
 
 fn va_base(ctx: u16) -> u64 {
     (u64::from(ctx) + 1) << 30
@@ -91,7 +135,12 @@ impl Rng {
     }
 
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
     }
 }
 
@@ -227,6 +276,8 @@ struct VPage {
     readers: u32,
     writers: u32,
     atomics: u32,
+    /// A failed job wrote it unpredictably: repaired (fresh content) once no job claims it.
+    dirty: bool,
 }
 
 struct State {
@@ -374,7 +425,7 @@ impl Driver {
     }
 
     fn free(&self, st: &mut State, f: u64) {
-        write(&self.mem, f, &[POISON; PAGE as usize]);
+        write(&self.mem, f, &POISONED);
         st.free.push(f);
     }
 
@@ -635,13 +686,13 @@ fn new_job(d: &Driver, st: &mut State, rng: &mut Rng, p: &Params) -> Option<[u8;
     let write_pages = if writes { pages_of(dst, len) } else { vec![] };
     for pg in &write_pages {
         let v = &st.pages[&(ctx, *pg)];
-        if v.readers != 0 || v.writers != 0 || (!atomic && v.atomics != 0) {
+        if v.dirty || v.readers != 0 || v.writers != 0 || (!atomic && v.atomics != 0) {
             return None;
         }
     }
     for pg in &read_pages {
         let v = &st.pages[&(ctx, *pg)];
-        if v.writers != 0 || v.atomics != 0 {
+        if v.dirty || v.writers != 0 || v.atomics != 0 {
             return None;
         }
     }
@@ -704,6 +755,7 @@ fn new_job(d: &Driver, st: &mut State, rng: &mut Rng, p: &Params) -> Option<[u8;
         cq_index: 0,
     });
     let a5 = u64::from(pattern) | engine << 8 | lanes << 16 | chunk << 32;
+    trace!("submit job {slot}: {:?} a5 {a5:#x}", st.jobs[slot]);
     Some(cmd_bytes(
         opcode,
         abi::CMD_F_IRQ,
@@ -713,9 +765,9 @@ fn new_job(d: &Driver, st: &mut State, rng: &mut Rng, p: &Params) -> Option<[u8;
     ))
 }
 
-/// Releases a completed job's pages; `repair`: its writes are unpredictable, so give its pages fresh
-/// content (the job has stopped: its record is written).
-fn release(d: &Driver, st: &mut State, rng: &mut Rng, j: &Job, repair: bool) {
+/// Releases a completed job's pages. `failed`: its writes are unpredictable, so its pages get fresh
+/// content once no running job claims them any more (the device no longer touches them then).
+fn release(d: &Driver, st: &mut State, rng: &mut Rng, j: &Job, failed: bool) {
     for pg in &j.read_pages {
         st.pages.get_mut(&(j.ctx, *pg)).unwrap().readers -= 1;
     }
@@ -726,13 +778,15 @@ fn release(d: &Driver, st: &mut State, rng: &mut Rng, j: &Job, repair: bool) {
         } else {
             v.writers -= 1;
         }
-        if repair {
+        v.dirty |= failed;
+        if v.dirty && v.readers == 0 && v.writers == 0 && v.atomics == 0 {
             let fresh = rng.bytes(PAGE as usize);
             write(&d.mem, v.home, &fresh);
             if let Some(snap) = v.wp.as_mut() {
                 snap.clone_from(&fresh);
             }
             v.model = fresh;
+            v.dirty = false;
         }
     }
 }
@@ -755,6 +809,7 @@ fn check_completions(d: &Driver, st: &mut State, rng: &mut Rng, aborted_ok: bool
         let (seq, bytes, result) = (word(0), word(8), word(16));
         let faults = u16::from_le_bytes([b[24], b[25]]);
         let replays = u16::from_le_bytes([b[26], b[27]]);
+        trace!("complete job {i}: status {status} bytes {bytes} faults {faults} replays {replays}");
         if seq != j.seq {
             d.fail(format!("job {i}: record seq {seq:#x}, want {:#x}", j.seq));
         }
@@ -803,15 +858,22 @@ fn check_completions(d: &Driver, st: &mut State, rng: &mut Rng, aborted_ok: bool
         }
         st.jobs[i].done = true;
         st.jobs[i].faults = u64::from(faults);
+        count(&COVERAGE.jobs, 1);
+        count(&COVERAGE.faults, u64::from(faults));
+        match status {
+            abi::JOB_CANCELLED => count(&COVERAGE.cancelled, 1),
+            abi::JOB_ABORTED => count(&COVERAGE.aborted, 1),
+            _ => {}
+        }
         release(d, st, rng, &j, status != abi::JOB_OK);
         completed += 1;
     }
     completed
 }
 
-/// The driver's fault handler: drain a batch, dedupe and sort, map or cancel, INVALIDATE what changed,
-/// write GET, REPLAY. Returns the number of entries consumed.
-fn service_faults(d: &Driver, get: &mut u32, ring: u32, seen: &mut Vec<FaultEntry>) -> usize {
+/// Takes the valid entries at GET (clearing their valid bits) and checks each is well formed and matches
+/// an access some job makes.
+fn read_batch(d: &Driver, get: &mut u32, ring: u32) -> Vec<FaultEntry> {
     let mut batch = Vec::new();
     loop {
         let gpa = FR + u64::from(*get & (ring - 1)) * abi::FAULT_SIZE;
@@ -828,10 +890,31 @@ fn service_faults(d: &Driver, get: &mut u32, ring: u32, seen: &mut Vec<FaultEntr
         *get = get.wrapping_add(1);
         batch.push(e);
     }
+    if !batch.is_empty() {
+        let st = d.lock_state();
+        for e in &batch {
+            if !st.accesses.contains(&(e.context, e.va, e.access.as_u8())) {
+                d.fail(format!("fault entry for an access no job makes: {e:?}"));
+            }
+            if e.engine >= 2 || e.lane >= 2 {
+                d.fail(format!(
+                    "fault entry from a lane that does not exist: {e:?}"
+                ));
+            }
+        }
+    }
+    batch
+}
+
+/// The driver's fault handler: drain a batch, dedupe and sort, map or cancel, INVALIDATE what changed,
+/// write GET, REPLAY. Returns the number of entries consumed.
+fn service_faults(d: &Driver, get: &mut u32, ring: u32, seen: &mut Vec<FaultEntry>) -> usize {
+    let batch = read_batch(d, get, ring);
     if batch.is_empty() {
         return 0;
     }
     let n = batch.len();
+    trace!("fault batch {batch:?}");
     // Most intrusive access per (ctx, page), sorted.
     let mut want: BTreeMap<(u16, u64), AccessType> = BTreeMap::new();
     for e in &batch {
@@ -841,14 +924,6 @@ fn service_faults(d: &Driver, get: &mut u32, ring: u32, seen: &mut Vec<FaultEntr
     let mut cmds = Vec::new();
     {
         let mut st = d.lock_state();
-        for e in &batch {
-            if !st.accesses.contains(&(e.context, e.va, e.access.as_u8())) {
-                d.fail(format!("fault entry for an access no job makes: {e:?}"));
-            }
-            if e.access == AccessType::Prefetch || e.engine >= 2 || e.lane >= 2 {
-                d.fail(format!("odd fault entry {e:?}"));
-            }
-        }
         for (&(ctx, page), &access) in &want {
             let victim_write = access == AccessType::Write
                 && st
@@ -856,6 +931,7 @@ fn service_faults(d: &Driver, get: &mut u32, ring: u32, seen: &mut Vec<FaultEntr
                     .iter()
                     .any(|j| !j.done && j.victim && j.ctx == ctx && j.write_pages.contains(&page));
             if victim_write {
+                trace!("cancel {ctx} {page:#x}");
                 cmds.push(cmd_bytes(
                     abi::OP_CANCEL,
                     0,
@@ -868,6 +944,7 @@ fn service_faults(d: &Driver, get: &mut u32, ring: u32, seen: &mut Vec<FaultEntr
             let v = &st.pages[&(ctx, page)];
             let perms = if v.wp.is_some() { abi::PTE_READ } else { RWA };
             if v.perms != perms {
+                trace!("map {ctx} {page:#x} perms {perms:#x}");
                 d.set_pte(&mut st, ctx, page, perms);
                 cmds.push(inv(ctx, page, PAGE));
             }
@@ -904,23 +981,28 @@ fn mm_thread(d: &Driver, mut rng: Rng, ops: u32, contexts: u16) {
                 if v.wp.is_some() {
                     continue;
                 }
+                trace!("mm: unmap {ctx} {page:#x}");
                 d.set_pte(&mut st, ctx, page, 0);
                 d.fenced(FENCE_MM, &mut fence, &[inv(ctx, page, PAGE)]);
                 let new = d.alloc(&mut st);
+                trace!("mm: migrated {ctx} {page:#x} {:#x} -> {new:#x}", v.home);
                 let bytes = read(&d.mem, v.home, PAGE as usize);
                 write(&d.mem, new, &bytes);
                 st.pages.get_mut(&(ctx, page)).unwrap().home = new;
                 d.free(&mut st, v.home);
+                count(&COVERAGE.migrations, 1);
             }
             // Write-protect: after the fence, the page must not change until write access returns.
             2 => {
                 if v.perms & abi::PTE_WRITE == 0 || v.wp.is_some() {
                     continue;
                 }
+                trace!("mm: write-protect {ctx} {page:#x}");
                 d.set_pte(&mut st, ctx, page, abi::PTE_READ);
                 d.fenced(FENCE_MM, &mut fence, &[inv(ctx, page, PAGE)]);
                 let snap = read(&d.mem, v.home, PAGE as usize);
                 st.pages.get_mut(&(ctx, page)).unwrap().wp = Some(snap);
+                count(&COVERAGE.write_protects, 1);
             }
             // Lift write protections.
             3 => {
@@ -930,6 +1012,7 @@ fn mm_thread(d: &Driver, mut rng: Rng, ops: u32, contexts: u16) {
             // Prefault, or a spurious INVALIDATE_ALL.
             _ => {
                 if v.perms == 0 && v.wp.is_none() {
+                    trace!("mm: prefault {ctx} {page:#x}");
                     d.set_pte(&mut st, ctx, page, RWA);
                 } else {
                     let all = cmd_bytes(abi::OP_INVALIDATE_ALL, 0, ctx, 0, [0; 6]);
@@ -1032,6 +1115,7 @@ fn run_schedule(seed: u64) {
         // A CANCEL_ALL of one context.
         if p.cancel_all && !cancel_all_done && submitted > 0 && !reset_done && rng.chance(1, 8) {
             cancel_all_done = true;
+            trace!("cancel_all");
             let mut st = d.lock_state();
             let ctx = rng.below(u64::from(p.contexts)) as u16;
             for j in st.jobs.iter_mut().filter(|j| !j.done && j.ctx == ctx) {
@@ -1043,6 +1127,7 @@ fn run_schedule(seed: u64) {
         if p.reset != 0 && !reset_done && submitted > p.reset_after {
             stop_mm(&mut mm);
             reset_done = true;
+            count(&COVERAGE.resets, 1);
             match p.reset {
                 1 => d.dev.reset(),
                 2 => d.set_reg(abi::REG_CONTROL, abi::CTRL_RESET),
@@ -1091,6 +1176,10 @@ fn run_schedule(seed: u64) {
         }
     }
     stop_mm(&mut mm);
+    if !reset_done {
+        // Entries nobody serviced (their jobs were cancelled or replayed meanwhile) are still checked.
+        seen.extend(read_batch(&d, &mut get, p.ring));
+    }
     let st = d.lock_state();
     // Every page equals the model; every free frame is still poisoned.
     for ((ctx, page), v) in &st.pages {
@@ -1108,7 +1197,7 @@ fn run_schedule(seed: u64) {
         }
     }
     for &f in &st.free {
-        if read(&d.mem, f, PAGE as usize).iter().any(|&b| b != POISON) {
+        if read(&d.mem, f, PAGE as usize) != POISONED {
             d.fail(format!("stale write: freed frame {f:#x} lost its poison"));
         }
     }
@@ -1134,8 +1223,13 @@ fn run_schedule(seed: u64) {
         if stats[abi::STAT_JOBS as usize] != st.jobs.len() as u64 {
             d.fail("STATS jobs disagree");
         }
-        if seen.len() as u64 + overflows < faults.min(1) {
-            d.fail("faults taken but none posted");
+        count(&COVERAGE.overflows, overflows);
+        let put = u64::from(load_u32(&d.mem, WB + abi::WB_FR_PUT));
+        if seen.len() as u64 != put || faults != put + overflows {
+            d.fail(format!(
+                "{faults} faults taken, {put} posted, {overflows} overflows, {} entries read",
+                seen.len()
+            ));
         }
         if stats[abi::STAT_FAULTS_PREFETCH as usize] != 0 {
             d.fail("prefetch faults from a device that never prefetches");
@@ -1190,10 +1284,35 @@ fn shard(k: u64) {
     let count = per.min(total.saturating_sub(first));
     let start = Instant::now();
     run_range(first, count);
+    if k == 0 {
+        check_coverage(count);
+    }
     eprintln!(
         "simulator shard {k}: {count} schedules in {:.1} s",
         start.elapsed().as_secs_f64()
     );
+}
+
+/// Checks that the schedules counted so far in this process (at least this shard's) exercised every
+/// feature, so the simulator cannot quietly stop testing something.
+fn check_coverage(expected_schedules: u64) {
+    let c = &COVERAGE;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    eprintln!("simulator coverage: {c:?}");
+    if expected_schedules >= 2000 {
+        for (name, v) in [
+            ("jobs", get(&c.jobs)),
+            ("faults", get(&c.faults)),
+            ("overflows", get(&c.overflows)),
+            ("cancelled jobs", get(&c.cancelled)),
+            ("aborted jobs", get(&c.aborted)),
+            ("migrations", get(&c.migrations)),
+            ("write protections", get(&c.write_protects)),
+            ("resets", get(&c.resets)),
+        ] {
+            assert!(v > 0, "the simulator never exercised {name}: {c:?}");
+        }
+    }
 }
 
 #[test]
