@@ -564,6 +564,11 @@ impl LaneRun<'_> {
                 Ok(n)
             }
             Op::Copy => {
+                // One pin for both translations: the nested ones skip the pin barrier.
+                let _pin = self
+                    .lane
+                    .pin(ctx)
+                    .map_err(|e| Step::Fail(failure_status(e.job_failure())))?;
                 let s = Self::translate(self.lane, ctx, sva, AccessType::Read, &phys)?;
                 let d = Self::translate(self.lane, ctx, dva, AccessType::Write, &phys)?;
                 self.check_abort()?;
