@@ -5,10 +5,11 @@
 //! `engine * lanes + lane`). A submitted job goes to one engine's FIFO with `slots` lane slots
 //! (`min(lanes requested, chunks)`); idle lanes of that engine claim the slots of the job at the head of the
 //! FIFO, so a job that asks for fewer lanes than the engine has leaves the others to the next job. A slot
-//! takes chunks in the pattern's order ([`Job::next_chunk`]) and moves each chunk page by page: translate
-//! (holding the [`Access`](faultline_mmu::Access) guard), check the job was not aborted, move at most
-//! [`MAX_SEGMENT`] bytes through vm-memory, drop the guard. A segment never crosses a page of either
-//! operand, so each byte is accessed under a translation that was valid when it was accessed.
+//! takes chunks in the pattern's order ([`Job::next_chunk`]) and moves each chunk in *windows* of at most
+//! [`MAX_SEGMENT`] bytes: pin the lane ([`Lane::pin`], one memory barrier per window), check the job was
+//! not aborted, then page by page translate (the [`Access`](faultline_mmu::Access) guard), move the bytes
+//! through vm-memory, drop the guard; unpin. A segment never crosses a page of either operand, so each byte
+//! is accessed under a translation that was valid when it was accessed.
 //!
 //! # Stalls
 //! A miss or permission failure returns from the segment, which drops every guard, and then
@@ -19,8 +20,8 @@
 //! "registered" against UNBIND and reset, which decide stalls under the same gate.
 //!
 //! # Invalidation
-//! INVALIDATE waits only for lanes that hold an `Access`, and a lane holding one never blocks: it only reads
-//! page tables and moves at most [`MAX_SEGMENT`] bytes. Stalled lanes hold no guard, so the command worker
+//! INVALIDATE waits only for pinned lanes, and a pinned lane never blocks: it only reads page tables and
+//! moves at most [`MAX_SEGMENT`] bytes before unpinning. Stalled lanes hold no guard, so the command worker
 //! never waits for a lane that waits for a command.
 //!
 //! # Reset and shutdown
@@ -480,22 +481,21 @@ impl LaneRun<'_> {
                 return false;
             }
             let mem = self.shared.mem.memory();
-            match self.segment(&mem, off, end, &mut hash) {
-                Ok(n) => {
-                    off += n;
-                    self.job.bytes.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(Step::Fault { va, access, reason }) => {
-                    drop(mem);
-                    if !self.stall(va, access, reason) {
-                        return false;
-                    }
-                }
-                Err(Step::Fail(status)) => {
+            let (moved, step) = self.window(&mem, off, end, &mut hash);
+            drop(mem);
+            off += moved;
+            self.job.bytes.fetch_add(moved, Ordering::Relaxed);
+            let go_on = match step {
+                None => true,
+                Some(Step::Fault { va, access, reason }) => self.stall(va, access, reason),
+                Some(Step::Fail(status)) => {
                     self.job.fail(status);
-                    return false;
+                    false
                 }
-                Err(Step::Stop) => return false,
+                Some(Step::Stop) => false,
+            };
+            if !go_on {
+                return false;
             }
         }
         if let Some(d) = usize::try_from(chunk)
@@ -521,18 +521,37 @@ impl LaneRun<'_> {
             })
     }
 
-    /// After pinning: a reset that began before the pin is seen here; one that begins after waits for the
-    /// pin to be dropped.
-    fn check_abort(&self) -> Result<(), Step> {
+    /// Moves up to [`MAX_SEGMENT`] bytes from `off` (not past `end`) under one pin of the lane: pin, check
+    /// the job was not aborted (a reset that began before the pin is seen here; one that begins after waits
+    /// for the pin), then segment after segment, each under its own translation. Returns the bytes moved and
+    /// why it stopped early, if it did. The pin is dropped before returning, so the caller may stall.
+    fn window(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        off: u64,
+        end: u64,
+        hash: &mut u64,
+    ) -> (u64, Option<Step>) {
+        let _pin = match self.lane.pin(self.job.spec.ctx) {
+            Ok(p) => p,
+            Err(e) => return (0, Some(Step::Fail(failure_status(e.job_failure())))),
+        };
         if self.job.aborted.load(Ordering::SeqCst) {
-            Err(Step::Stop)
-        } else {
-            Ok(())
+            return (0, Some(Step::Stop));
         }
+        let limit = end.min(off.saturating_add(MAX_SEGMENT));
+        let mut at = off;
+        while at < limit {
+            match self.segment(mem, at, limit, hash) {
+                Ok(n) => at += n,
+                Err(step) => return (at - off, Some(step)),
+            }
+        }
+        (at - off, None)
     }
 
-    /// Moves the bytes from `off` up to the first page boundary of any operand, `end`, or
-    /// [`MAX_SEGMENT`]; returns how many.
+    /// Moves the bytes from `off` up to the first page boundary of any operand or `end`; returns how many.
+    /// The lane is pinned ([`LaneRun::window`]).
     fn segment(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -542,14 +561,13 @@ impl LaneRun<'_> {
     ) -> Result<u64, Step> {
         let spec = self.job.spec;
         let phys = GuestPhys(mem);
-        let max = (end - off).min(MAX_SEGMENT);
+        let max = end - off;
         let dma = Step::Fail(abi::JOB_DMA_ERROR);
         let (sva, dva) = (spec.src.wrapping_add(off), spec.dst.wrapping_add(off));
         let ctx = spec.ctx;
         match spec.op {
             Op::Fill(byte) => {
                 let d = Self::translate(self.lane, ctx, dva, AccessType::Write, &phys)?;
-                self.check_abort()?;
                 let n = max.min(d.bytes_to_page_end(dva));
                 let pa = d.pa(dva);
                 let buf = &mut self.scratch[..];
@@ -564,14 +582,8 @@ impl LaneRun<'_> {
                 Ok(n)
             }
             Op::Copy => {
-                // One pin for both translations: the nested ones skip the pin barrier.
-                let _pin = self
-                    .lane
-                    .pin(ctx)
-                    .map_err(|e| Step::Fail(failure_status(e.job_failure())))?;
                 let s = Self::translate(self.lane, ctx, sva, AccessType::Read, &phys)?;
                 let d = Self::translate(self.lane, ctx, dva, AccessType::Write, &phys)?;
-                self.check_abort()?;
                 let n = max
                     .min(s.bytes_to_page_end(sva))
                     .min(d.bytes_to_page_end(dva));
@@ -588,7 +600,6 @@ impl LaneRun<'_> {
             }
             Op::Checksum => {
                 let s = Self::translate(self.lane, ctx, sva, AccessType::Read, &phys)?;
-                self.check_abort()?;
                 let n = max.min(s.bytes_to_page_end(sva));
                 let pa = s.pa(sva);
                 let buf = &mut self.scratch[..];
@@ -606,7 +617,6 @@ impl LaneRun<'_> {
             }
             Op::AtomicAdd(addend) => {
                 let d = Self::translate(self.lane, ctx, dva, AccessType::Atomic, &phys)?;
-                self.check_abort()?;
                 let n = max.min(d.bytes_to_page_end(dva));
                 let pa = d.pa(dva);
                 let mut done = 0u64;
