@@ -326,9 +326,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Reset or client disconnect: every live job completes with `FL_JOB_ABORTED`, contexts are unbound and
-    /// the TLB flushed; when this returns no lane accesses guest memory for those jobs.
+    /// Device reset: every live job completes with `FL_JOB_ABORTED`, contexts are unbound and the TLB
+    /// flushed, counters restart from 0; when this returns no lane accesses guest memory for those jobs.
     pub(crate) fn abort_all(&self, shared: &Shared) {
+        self.abort(shared);
+        let mut raw = Counters::default();
+        self.raw_counters(&mut raw);
+        *lock(&self.baseline) = raw;
+    }
+
+    /// [`Engine::abort_all`] without touching the counters.
+    fn abort(&self, shared: &Shared) {
         let _reset = lock(&self.reset_lock);
         let jobs: Vec<Arc<Job>> = lock(&self.book).live.values().cloned().collect();
         for j in &jobs {
@@ -351,15 +359,13 @@ impl Engine {
                 jobs.len()
             );
         }
-        let mut raw = Counters::default();
-        self.raw_counters(&mut raw);
-        *lock(&self.baseline) = raw;
     }
 
-    /// Shutdown: aborts everything, refuses new jobs, and tells the lane threads to exit.
+    /// Shutdown (client disconnect): aborts everything, refuses new jobs, and tells the lane threads to
+    /// exit. The counters keep their values for a final report.
     pub(crate) fn shutdown(&self, shared: &Shared) {
         lock(&self.book).closed = true;
-        self.abort_all(shared);
+        self.abort(shared);
         for q in self.queues.iter() {
             lock(&q.pending).shutdown = true;
             q.wake.notify_all();

@@ -966,3 +966,63 @@ fn device_works_again_after_reset() {
         .iter()
         .all(|&b| b == 3));
 }
+
+#[test]
+fn a_wait_jobs_fence_stuck_behind_a_stall_is_released_by_reset() {
+    let (mut h, mut pt) = setup();
+    h.run(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 1, rec(0), 0, 1)]);
+    wait_until("stall", || h.reg(abi::REG_FR_PUT) == 1);
+    // The FENCE waits for the stalled job; the REPLAY behind it cannot run (spec: queue order).
+    h.submit(&[
+        Cmd {
+            flags: abi::CMD_F_WAIT_JOBS,
+            ..Cmd::fence(SCRATCH, 1, 0)
+        },
+        Cmd::replay(0),
+    ]);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(h.read_u64(SCRATCH), 0, "the fence waits");
+    h.dev.reset();
+    assert_eq!(
+        load_u32(&h.mem, rec(0) + abi::COMPL_OFF_STATUS),
+        abi::JOB_ABORTED
+    );
+    assert_eq!(
+        h.read_u64(SCRATCH),
+        0,
+        "the old queue's fence is never written"
+    );
+    // The worker is free again: a new queue runs.
+    h.enable_msix();
+    h.start_queue(CQ_BASE, 64);
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    h.run(&[
+        Cmd::bind(0, pt.root()),
+        Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 4, rec(1), 0, 2),
+        Cmd {
+            flags: abi::CMD_F_WAIT_JOBS,
+            ..Cmd::fence(SCRATCH, 2, 0)
+        },
+    ]);
+    assert_eq!(h.read_u64(SCRATCH), 2);
+    assert_eq!(
+        load_u32(&h.mem, rec(1) + abi::COMPL_OFF_STATUS),
+        abi::JOB_OK
+    );
+}
+
+#[test]
+fn counters_survive_shutdown_for_the_final_report() {
+    let (mut h, mut pt) = setup();
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    h.run(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 1, rec(0), 0, 1)]);
+    h.wait_completion(rec(0));
+    h.dev.shutdown();
+    let stats = h.dev.stats();
+    assert_eq!(stats[abi::STAT_JOBS as usize], 1);
+    assert!(stats[abi::STAT_WALKS as usize] >= 1);
+    // Commands after shutdown are never consumed (the driver owns them).
+    h.submit(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 2, rec(1), 0, 2)]);
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(load_u32(&h.mem, rec(1) + abi::COMPL_OFF_STATUS), 0);
+}
