@@ -1026,3 +1026,51 @@ fn counters_survive_shutdown_for_the_final_report() {
     std::thread::sleep(Duration::from_millis(10));
     assert_eq!(load_u32(&h.mem, rec(1) + abi::COMPL_OFF_STATUS), 0);
 }
+
+#[test]
+fn atomic_add_is_a_real_rmw_against_concurrent_cpu_atomics() {
+    use std::sync::atomic::AtomicU64;
+    use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, VolatileMemory};
+    let (mut h, mut pt) = setup();
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    write_bytes(&h.mem, DATA, &[0u8; PAGE as usize]);
+    const JOBS: u64 = 24;
+    const CPU_ROUNDS: u64 = 2000;
+    let mem = h.mem.clone();
+    let cpu = std::thread::spawn(move || {
+        let m = mem.memory();
+        let s = m.get_slice(GuestAddress(DATA), PAGE as usize).unwrap();
+        for _ in 0..CPU_ROUNDS {
+            for w in 0..(PAGE as usize / 8) {
+                s.get_atomic_ref::<AtomicU64>(w * 8)
+                    .unwrap()
+                    .fetch_add(1 << 32, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let cmds: Vec<Cmd> = (0..JOBS)
+        .map(|i| {
+            Cmd::job(
+                abi::OP_JOB_ATOMIC_ADD,
+                0,
+                0,
+                VA,
+                PAGE,
+                1,
+                rec(i),
+                a5(2, 0xff, 0, 64),
+                i,
+            )
+        })
+        .collect();
+    h.run(&cmds);
+    for i in 0..JOBS {
+        assert_eq!(h.wait_completion(rec(i)).status, abi::JOB_OK);
+    }
+    cpu.join().unwrap();
+    let words = read_bytes(&h.mem, DATA, PAGE as usize);
+    for (w, b) in words.chunks(8).enumerate() {
+        let v = u64::from_le_bytes(b.try_into().unwrap());
+        assert_eq!(v, JOBS + (CPU_ROUNDS << 32), "word {w}: an add was lost");
+    }
+}
