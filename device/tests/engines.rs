@@ -1074,3 +1074,65 @@ fn atomic_add_is_a_real_rmw_against_concurrent_cpu_atomics() {
         assert_eq!(v, JOBS + (CPU_ROUNDS << 32), "word {w}: an add was lost");
     }
 }
+
+/// The driver DMA-unmaps memory the device still uses: a fault ring (the next post is FL_ERR_FR_CONFIG,
+/// the lane stays stalled until reset) and a completion record (the job completes without a record and the
+/// device goes on).
+#[test]
+fn memory_unmapped_under_the_device_is_reported_not_touched() {
+    use common::{HIGH_RAM, HIGH_RAM_SIZE};
+    use vm_memory::{GuestAddress, GuestAddressSpace};
+    let drop_high_ram = |h: &Harness| {
+        let smaller = h
+            .mem
+            .memory()
+            .remove_region(GuestAddress(HIGH_RAM), HIGH_RAM_SIZE)
+            .unwrap()
+            .0;
+        h.mem.lock().unwrap().replace(smaller);
+    };
+    // The fault ring disappears.
+    let (mut h, _pt) = setup();
+    h.set_reg(abi::REG_FR_CONTROL, 0);
+    h.program_fault_ring(HIGH_RAM, 64, 0);
+    drop_high_ram(&h);
+    h.run(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 9, rec(0), 0, 1)]);
+    assert_eq!(h.wait_error(), abi::ERR_FR_CONFIG);
+    assert_eq!(h.reg(abi::REG_STATUS) & abi::STATUS_FAULT_RING_ENABLED, 0);
+    h.dev.reset();
+    assert_eq!(
+        load_u32(&h.mem, rec(0) + abi::COMPL_OFF_STATUS),
+        abi::JOB_ABORTED
+    );
+    // The completion record disappears while the job is stalled.
+    let (mut h, mut pt) = setup();
+    let mut ring = FaultReader::new(FR_BASE, 64);
+    h.run(&[Cmd::job(
+        abi::OP_JOB_FILL,
+        0,
+        0,
+        VA,
+        PAGE,
+        9,
+        HIGH_RAM,
+        0,
+        1,
+    )]);
+    wait_until("fault", || h.reg(abi::REG_FR_PUT) == 1);
+    drop_high_ram(&h);
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    ring.drain(&h.mem);
+    h.set_reg(abi::REG_FR_GET, ring.get);
+    h.run(&[
+        Cmd::replay(0),
+        Cmd {
+            flags: abi::CMD_F_WAIT_JOBS,
+            ..Cmd::fence(SCRATCH, 1, 0)
+        },
+    ]);
+    assert_eq!(h.read_u64(SCRATCH), 1, "the job completed");
+    assert!(read_bytes(&h.mem, DATA, PAGE as usize)
+        .iter()
+        .all(|&b| b == 9));
+    assert_eq!(h.reg(abi::REG_ERROR), abi::ERR_NONE);
+}
