@@ -12,12 +12,12 @@
 //! is accessed under a translation that was valid when it was accessed.
 //!
 //! # Stalls
-//! A miss or permission failure returns from the segment, which drops every guard, and then
+//! A miss or permission failure returns from the window, which drops every guard and the pin, and then
 //! [`LaneRun::stall`]: under the *gate* mutex the lane checks that its job was not aborted and its context is
-//! still bound, and registers in the [`StallTable`]; then it posts the fault entry (outside the gate) and
-//! blocks until REPLAY (retry the access), CANCEL (`FL_JOB_CANCELLED`), UNBIND (`FL_JOB_UNBOUND`) or reset
-//! (stop; the reset writes `FL_JOB_ABORTED`). The gate closes the window between "fault seen" and
-//! "registered" against UNBIND and reset, which decide stalls under the same gate.
+//! still bound, registers in the [`StallTable`] and posts the fault entry; then, outside the gate, it blocks
+//! until REPLAY (retry the access), CANCEL (`FL_JOB_CANCELLED`), UNBIND (`FL_JOB_UNBOUND`) or reset (stop;
+//! the reset writes `FL_JOB_ABORTED`). The gate closes the window between "fault seen" and "registered and
+//! posted" against UNBIND and reset, which decide stalls under the same gate.
 //!
 //! # Invalidation
 //! INVALIDATE waits only for pinned lanes, and a pinned lane never blocks: it only reads page tables and
@@ -31,9 +31,9 @@
 //! invalidation fence, Dekker's pattern), so once the reset returns no lane touches guest memory for an old
 //! job. Each job's record is written once, under the job-book lock (`Job::done`).
 //!
-//! Lock order: `effects` → `regs` → fault ring → `reset_lock` → `book` / engine queues / `gate` → stall table →
-//! `msix`; none of them is held while waiting for a pinned lane except `effects`/`regs`/`reset_lock`, which
-//! lanes never take.
+//! Lock order: `effects` → `regs` → `reset_lock` → `gate` → stall table / fault ring → `book` / engine
+//! queues → `msix`; none of them is held while waiting for a pinned lane except `effects`, `regs` and
+//! `reset_lock`, which lanes never take.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +47,7 @@ use faultline_mmu::{
 use log::{debug, warn};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap, VolatileMemory};
 
+use crate::faults::PostResult;
 use crate::jobs::{sat16, Decoded, Job, Op, QueueError, Record, FNV_OFFSET};
 use crate::mmu_glue::{slice_at, GuestPhys};
 use crate::shared::{lock, range_ok, Shared};
@@ -658,7 +659,10 @@ impl LaneRun<'_> {
         let ctx = self.job.spec.ctx;
         let now = self.shared.clock.now_ns();
         let key = StallKey::new(ctx, va, access);
-        let ticket = {
+        // Registration and posting happen under the gate: a reset (which aborts jobs, then stalls, under
+        // the gate) is either entirely before (the job is seen aborted: nothing posted) or entirely after
+        // (the entry went to the ring of before the reset); never into a ring enabled after it.
+        let (ticket, posted) = {
             let _gate = lock(&eng.gate);
             if self.job.aborted.load(Ordering::SeqCst) {
                 return false;
@@ -667,26 +671,29 @@ impl LaneRun<'_> {
                 self.job.fail(abi::JOB_UNBOUND);
                 return false;
             }
-            match eng.stalls.register(self.lane, key, now) {
+            let ticket = match eng.stalls.register(self.lane, key, now) {
                 Ok(t) => t,
                 Err(e) => {
                     warn!("lane {}: cannot stall: {e}", self.lane.id());
                     self.job.fail(abi::JOB_ABORTED);
                     return false;
                 }
-            }
+            };
+            self.job.faults.fetch_add(1, Ordering::Relaxed);
+            let entry = FaultEntry {
+                va: key.page,
+                timestamp: now,
+                context: ctx,
+                lane: self.index,
+                engine: self.engine as u8,
+                access,
+                reason,
+            };
+            (ticket, self.shared.faults.post(self.shared, &entry))
         };
-        self.job.faults.fetch_add(1, Ordering::Relaxed);
-        let entry = FaultEntry {
-            va: key.page,
-            timestamp: now,
-            context: ctx,
-            lane: self.index,
-            engine: self.engine as u8,
-            access,
-            reason,
-        };
-        self.shared.faults.post(self.shared, &entry);
+        if posted == PostResult::Failed {
+            self.shared.raise_error(None, abi::ERR_FR_CONFIG, 0);
+        }
         match eng.stalls.wait(ticket) {
             StallOutcome::Replayed => {
                 self.job.replays.fetch_add(1, Ordering::Relaxed);

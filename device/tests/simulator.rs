@@ -1152,6 +1152,13 @@ fn run_schedule(seed: u64) {
                     d.fail(format!("job lost across the reset (head {head}): {j:?}"));
                 }
             }
+            if p.reset != 3 {
+                // The driver brings a fault ring up again at once: no lane of an old job may post
+                // into it.
+                d.set_reg(abi::REG_FR_BASE_LO, FR as u32);
+                d.set_reg(abi::REG_FR_SIZE, p.ring);
+                d.set_reg(abi::REG_FR_CONTROL, abi::FR_CTRL_ENABLE);
+            }
             let snapshot = read(&d.mem, 0, MEM_SIZE as usize);
             drop(st);
             std::thread::sleep(Duration::from_micros(300));
