@@ -10,10 +10,11 @@
 //!   migrate a page (clear PTE → INVALIDATE → FENCE → copy to a new frame → poison the old one), write-protect
 //!   a page (PTE read-only → INVALIDATE → FENCE → snapshot) and later check the snapshot before restoring
 //!   write access, prefault pages, spurious INVALIDATE_ALLs;
-//! - a few schedules end with a device reset, an FL_CTRL_RESET or a shutdown while jobs run or stall.
+//! - a few schedules UNBIND and re-BIND a context with jobs in flight, and a few end with a device reset,
+//!   an FL_CTRL_RESET or a shutdown while jobs run or stall.
 //!
 //! Checked: every job completes with the status it may have (victims and CANCEL_ALLed jobs may be
-//! cancelled, jobs caught by a reset are aborted, every other one succeeds) and the bytes / result the
+//! cancelled, UNBOUND jobs unbound, jobs caught by a reset aborted, every other one succeeds) and the bytes / result the
 //! reference model predicts; at the end every page equals the model; no stale access: freed frames stay
 //! poisoned and write-protected pages keep their snapshot (a write after the fence of its unmap or
 //! write-protect would change them); every fault entry is well formed and belongs to a job; the device's
@@ -85,6 +86,8 @@ struct Coverage {
     migrations: std::sync::atomic::AtomicU64,
     write_protects: std::sync::atomic::AtomicU64,
     resets: std::sync::atomic::AtomicU64,
+    unbinds: std::sync::atomic::AtomicU64,
+    unbound: std::sync::atomic::AtomicU64,
 }
 
 static COVERAGE: Coverage = Coverage {
@@ -96,6 +99,8 @@ static COVERAGE: Coverage = Coverage {
     migrations: std::sync::atomic::AtomicU64::new(0),
     write_protects: std::sync::atomic::AtomicU64::new(0),
     resets: std::sync::atomic::AtomicU64::new(0),
+    unbinds: std::sync::atomic::AtomicU64::new(0),
+    unbound: std::sync::atomic::AtomicU64::new(0),
 };
 
 fn count(c: &std::sync::atomic::AtomicU64, n: u64) {
@@ -255,6 +260,8 @@ struct Job {
     victim: bool,
     /// Caught by a CANCEL_ALL of its context.
     may_cancel: bool,
+    /// Caught by an UNBIND of its context.
+    may_unbind: bool,
     read_pages: Vec<u64>,
     write_pages: Vec<u64>,
     done: bool,
@@ -517,6 +524,7 @@ struct Params {
     mm_ops: u32,
     victim_per_8: u64,
     cancel_all: bool,
+    unbind: bool,
     /// 0: none; 1: Device::reset; 2: FL_CTRL_RESET; 3: shutdown.
     reset: u32,
     reset_after: usize,
@@ -534,6 +542,7 @@ impl Params {
             mm_ops: rng.range(0, 6) as u32,
             victim_per_8: rng.range(0, 2),
             cancel_all: rng.chance(1, 20),
+            unbind: rng.chance(1, 20),
             reset: if rng.chance(1, 16) {
                 rng.range(1, 3) as u32
             } else {
@@ -748,6 +757,7 @@ fn new_job(d: &Driver, st: &mut State, rng: &mut Rng, p: &Params) -> Option<[u8;
         chunk: if chunk == 0 { 4096 } else { chunk },
         victim,
         may_cancel: false,
+        may_unbind: false,
         read_pages,
         write_pages,
         done: false,
@@ -818,6 +828,7 @@ fn check_completions(d: &Driver, st: &mut State, rng: &mut Rng, aborted_ok: bool
         }
         let allowed_fail = match status {
             abi::JOB_CANCELLED => j.victim || j.may_cancel,
+            abi::JOB_UNBOUND => j.may_unbind,
             abi::JOB_ABORTED => aborted_ok,
             abi::JOB_OK => true,
             _ => false,
@@ -863,6 +874,7 @@ fn check_completions(d: &Driver, st: &mut State, rng: &mut Rng, aborted_ok: bool
         match status {
             abi::JOB_CANCELLED => count(&COVERAGE.cancelled, 1),
             abi::JOB_ABORTED => count(&COVERAGE.aborted, 1),
+            abi::JOB_UNBOUND => count(&COVERAGE.unbound, 1),
             _ => {}
         }
         release(d, st, rng, &j, status != abi::JOB_OK);
@@ -1076,6 +1088,7 @@ fn run_schedule(seed: u64) {
     let mut attempts = 0usize;
     let mut reset_done = false;
     let mut cancel_all_done = false;
+    let mut unbind_done = false;
     let deadline = Instant::now() + WAIT;
     loop {
         let signals = d.sink.total();
@@ -1122,6 +1135,22 @@ fn run_schedule(seed: u64) {
                 j.may_cancel = true;
             }
             d.submit(&[cmd_bytes(abi::OP_CANCEL_ALL, 0, ctx, 0, [0; 6])]);
+        }
+        // UNBIND and BIND again a context with jobs in flight.
+        if p.unbind && !unbind_done && submitted > 0 && !reset_done && rng.chance(1, 8) {
+            unbind_done = true;
+            let mut st = d.lock_state();
+            let ctx = rng.below(u64::from(p.contexts)) as u16;
+            trace!("unbind + bind {ctx}");
+            for j in st.jobs.iter_mut().filter(|j| !j.done && j.ctx == ctx) {
+                j.may_unbind = true;
+            }
+            let root = st.roots[usize::from(ctx)];
+            d.submit(&[
+                cmd_bytes(abi::OP_UNBIND, 0, ctx, 0, [0; 6]),
+                cmd_bytes(abi::OP_BIND, 0, ctx, 0, [root, 0, 0, 0, 0, 0]),
+            ]);
+            count(&COVERAGE.unbinds, 1);
         }
         // A reset while jobs run or stall.
         if p.reset != 0 && !reset_done && submitted > p.reset_after {
@@ -1316,6 +1345,8 @@ fn check_coverage(expected_schedules: u64) {
             ("migrations", get(&c.migrations)),
             ("write protections", get(&c.write_protects)),
             ("resets", get(&c.resets)),
+            ("unbinds", get(&c.unbinds)),
+            ("unbound jobs", get(&c.unbound)),
         ] {
             assert!(v > 0, "the simulator never exercised {name}: {c:?}");
         }
