@@ -1096,7 +1096,8 @@ fn memory_unmapped_under_the_device_is_reported_not_touched() {
     h.set_reg(abi::REG_FR_CONTROL, 0);
     h.program_fault_ring(HIGH_RAM, 64, 0);
     drop_high_ram(&h);
-    h.run(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 9, rec(0), 0, 1)]);
+    // Not `run`: the lane's error may stop the queue before the head is published past the job.
+    h.submit(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 9, rec(0), 0, 1)]);
     assert_eq!(h.wait_error(), abi::ERR_FR_CONFIG);
     assert_eq!(h.reg(abi::REG_STATUS) & abi::STATUS_FAULT_RING_ENABLED, 0);
     h.dev.reset();
@@ -1162,4 +1163,37 @@ fn huge_invalid_jobs_complete_without_running() {
         (c.status, c.bytes, c.result),
         (abi::JOB_OK, 0, job_checksum(&[], 0))
     );
+}
+
+#[test]
+fn faults_on_a_page_already_faulted_count_as_duplicates() {
+    let (mut h, mut pt) = setup();
+    let mut ring = FaultReader::new(FR_BASE, 64);
+    // Two writers of the same page on different engines: the second fault duplicates the first.
+    h.run(&[
+        Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, 64, 1, rec(0), a5(0, 0, 1, 0), 1),
+        Cmd::job(
+            abi::OP_JOB_FILL,
+            0,
+            0,
+            VA + 64,
+            64,
+            2,
+            rec(1),
+            a5(0, 1, 1, 0),
+            2,
+        ),
+    ]);
+    wait_until("two faults", || h.reg(abi::REG_FR_PUT) == 2);
+    assert_eq!(stat(&h, abi::STAT_DUPLICATES), 1);
+    let batch = ring.drain(&h.mem);
+    assert_eq!(batch[0].va, batch[1].va);
+    assert_ne!(batch[0].engine, batch[1].engine);
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    h.set_reg(abi::REG_FR_GET, ring.get);
+    h.run(&[Cmd::replay(0)]);
+    assert_eq!(h.wait_completion(rec(0)).status, abi::JOB_OK);
+    assert_eq!(h.wait_completion(rec(1)).status, abi::JOB_OK);
+    let page = read_bytes(&h.mem, DATA, 128);
+    assert!(page[..64].iter().all(|&b| b == 1) && page[64..].iter().all(|&b| b == 2));
 }

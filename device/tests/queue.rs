@@ -65,7 +65,9 @@ fn nops_and_fences_in_order_100k() {
             checked += 1;
         }
     }
-    // A final fence with an interrupt; its IRQ must find the head past it.
+    // A final fence with an interrupt; its IRQ must find the head past it. The loop may have left the
+    // queue full: wait for a free slot first (or the doorbell would be FL_ERR_BAD_TAIL).
+    common::wait_until("a free queue slot", || h.room() > 0);
     h.submit(&[Cmd::fence(FENCES + 8 * fences, u64::MAX, abi::CMD_F_IRQ)]);
     h.sink.wait_for(abi::VEC_QUEUE, 1);
     let irq = h.sink.irqs()[0];
