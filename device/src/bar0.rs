@@ -5,6 +5,7 @@
 //! them under the right locks (see `shared.rs`).
 
 use crate::abi;
+use crate::faults::RingView;
 
 /// Read-only identity values shown in BAR0.
 #[derive(Debug, Clone, Copy)]
@@ -38,19 +39,6 @@ pub(crate) struct QueueState {
     pub completed: u64,
 }
 
-/// An enabled fault ring. Faults are posted by the MMU (not implemented yet), so PUT stays 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FaultRingState {
-    /// Ring GPA.
-    pub base: u64,
-    /// Entries (power of two).
-    pub size: u32,
-    /// Free-running GET written by the driver.
-    pub get: u32,
-    /// Free-running PUT.
-    pub put: u32,
-}
-
 /// The register file.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Regs {
@@ -74,8 +62,6 @@ pub(crate) struct Regs {
     pub fr_size: u32,
     /// `FL_REG_FR_IRQ_DELAY` (clamped to `FL_FR_IRQ_DELAY_MAX`).
     pub fr_irq_delay: u32,
-    /// The fault ring, while `FL_FR_CTRL_ENABLE` is set.
-    pub fr: Option<FaultRingState>,
     /// Not a register: the device is shutting down and the worker must exit.
     pub shutdown: bool,
 }
@@ -91,6 +77,8 @@ pub(crate) enum RegWrite {
     CqControl(u32),
     /// `FL_REG_FR_GET` doorbell.
     FrGet(u32),
+    /// `FL_REG_FR_IRQ_DELAY` (already clamped and stored).
+    FrIrqDelay(u32),
     /// `FL_REG_FR_CONTROL`.
     FrControl(u32),
 }
@@ -118,8 +106,8 @@ impl Regs {
         self.cq.is_some() && self.error == abi::ERR_NONE
     }
 
-    /// `FL_REG_STATUS`.
-    pub(crate) fn status(&self) -> u32 {
+    /// `FL_REG_STATUS`; `ring` is the fault ring's state (kept by the fault ring itself).
+    pub(crate) fn status(&self, ring: RingView) -> u32 {
         let mut status = 0;
         if self.control & abi::CTRL_ENABLE != 0 {
             status |= abi::STATUS_ENABLED;
@@ -130,14 +118,15 @@ impl Regs {
         if self.error != abi::ERR_NONE {
             status |= abi::STATUS_ERROR;
         }
-        if self.fr.is_some() {
+        if ring.enabled {
             status |= abi::STATUS_FAULT_RING_ENABLED;
         }
         status
     }
 
     /// Reads the register at `offset` (4-byte aligned, inside BAR0). Unlisted and write-only registers read 0.
-    pub(crate) fn read(&self, offset: u64, id: &Identity) -> u32 {
+    /// `ring` is the fault ring's state for `FL_REG_FR_CONTROL`, `FL_REG_FR_PUT` and `FL_REG_STATUS`.
+    pub(crate) fn read(&self, offset: u64, id: &Identity, ring: RingView) -> u32 {
         match offset {
             abi::REG_ID => abi::ID_MAGIC,
             abi::REG_VERSION => abi::VERSION,
@@ -147,7 +136,7 @@ impl Regs {
             abi::REG_NUM_LANES => id.lanes,
             abi::REG_TLB_ENTRIES => id.tlb_entries,
             abi::REG_CONTROL => self.control,
-            abi::REG_STATUS => self.status(),
+            abi::REG_STATUS => self.status(ring),
             abi::REG_ERROR => self.error,
             abi::REG_ERROR_INFO => self.error_info,
             abi::REG_WB_LO => self.wb as u32,
@@ -160,8 +149,8 @@ impl Regs {
             abi::REG_FR_BASE_LO => self.fr_base as u32,
             abi::REG_FR_BASE_HI => (self.fr_base >> 32) as u32,
             abi::REG_FR_SIZE => self.fr_size,
-            abi::REG_FR_CONTROL => u32::from(self.fr.is_some()) * abi::FR_CTRL_ENABLE,
-            abi::REG_FR_PUT => self.fr.map_or(0, |f| f.put),
+            abi::REG_FR_CONTROL => u32::from(ring.enabled) * abi::FR_CTRL_ENABLE,
+            abi::REG_FR_PUT => ring.put,
             abi::REG_FR_IRQ_DELAY => self.fr_irq_delay,
             // REG_CQ_TAIL and REG_FR_GET are write-only; everything else is unlisted.
             _ => 0,
@@ -185,7 +174,10 @@ impl Regs {
             abi::REG_FR_BASE_LO => set_lo(&mut self.fr_base, val),
             abi::REG_FR_BASE_HI => set_hi(&mut self.fr_base, val),
             abi::REG_FR_SIZE => self.fr_size = val,
-            abi::REG_FR_IRQ_DELAY => self.fr_irq_delay = val.min(abi::FR_IRQ_DELAY_MAX),
+            abi::REG_FR_IRQ_DELAY => {
+                self.fr_irq_delay = val.min(abi::FR_IRQ_DELAY_MAX);
+                return Some(RegWrite::FrIrqDelay(self.fr_irq_delay));
+            }
             _ => {}
         }
         None
@@ -195,6 +187,12 @@ impl Regs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Regs {
+        fn read_t(&self, off: u64, id: &Identity) -> u32 {
+            self.read(off, id, RingView::default())
+        }
+    }
 
     const ID: Identity = Identity {
         features: 0,
@@ -207,11 +205,11 @@ mod tests {
     #[test]
     fn identity_registers() {
         let r = Regs::default();
-        assert_eq!(r.read(abi::REG_ID, &ID), abi::ID_MAGIC);
-        assert_eq!(r.read(abi::REG_VERSION, &ID), 0x0001_0000);
-        assert_eq!(r.read(abi::REG_TLB_ENTRIES, &ID), 512);
-        assert_eq!(r.read(0x1000, &ID), 0);
-        assert_eq!(r.read(abi::REG_STATUS, &ID), 0);
+        assert_eq!(r.read_t(abi::REG_ID, &ID), abi::ID_MAGIC);
+        assert_eq!(r.read_t(abi::REG_VERSION, &ID), 0x0001_0000);
+        assert_eq!(r.read_t(abi::REG_TLB_ENTRIES, &ID), 512);
+        assert_eq!(r.read_t(0x1000, &ID), 0);
+        assert_eq!(r.read_t(abi::REG_STATUS, &ID), 0);
     }
 
     #[test]
@@ -220,17 +218,20 @@ mod tests {
         assert_eq!(r.write(abi::REG_WB_LO, 0x1234_5640), None);
         assert_eq!(r.write(abi::REG_WB_HI, 0x1), None);
         assert_eq!(r.wb, 0x1_1234_5640);
-        assert_eq!(r.read(abi::REG_WB_HI, &ID), 1);
-        r.write(abi::REG_FR_IRQ_DELAY, 1_000_000);
-        assert_eq!(r.read(abi::REG_FR_IRQ_DELAY, &ID), abi::FR_IRQ_DELAY_MAX);
+        assert_eq!(r.read_t(abi::REG_WB_HI, &ID), 1);
+        assert_eq!(
+            r.write(abi::REG_FR_IRQ_DELAY, 1_000_000),
+            Some(RegWrite::FrIrqDelay(abi::FR_IRQ_DELAY_MAX))
+        );
+        assert_eq!(r.read_t(abi::REG_FR_IRQ_DELAY, &ID), abi::FR_IRQ_DELAY_MAX);
         r.write(abi::REG_ID, 0);
-        assert_eq!(r.read(abi::REG_ID, &ID), abi::ID_MAGIC);
+        assert_eq!(r.read_t(abi::REG_ID, &ID), abi::ID_MAGIC);
         assert_eq!(
             r.write(abi::REG_CQ_TAIL, 7),
             Some(RegWrite::CqTail(7)),
             "doorbells go to the device"
         );
-        assert_eq!(r.read(abi::REG_CQ_TAIL, &ID), 0);
+        assert_eq!(r.read_t(abi::REG_CQ_TAIL, &ID), 0);
         r.shutdown = true;
         r.reset();
         assert!(r.shutdown);

@@ -7,9 +7,12 @@ use std::thread::JoinHandle;
 use log::{debug, info, warn};
 
 use crate::bar0::Identity;
+use crate::commands::DeviceExtension;
+use crate::engines::{lane_thread, Engine};
+use crate::faults::FaultRingHw;
 use crate::msix::Msix;
 use crate::pci::CONFIG_SPACE_SIZE;
-use crate::queue::{Extension, NoExtension, Worker};
+use crate::queue::{Extension, Worker};
 use crate::shared::{lock, Shared};
 use crate::{abi, region, AccessError, DeviceConfig, GuestMem, InterruptSink, RegionInfo};
 
@@ -27,10 +30,14 @@ pub enum DeviceError {
     /// The command-queue worker thread could not be started.
     #[error("cannot spawn the command-queue worker thread")]
     SpawnWorker(#[source] std::io::Error),
+    /// An engine lane or timer thread could not be started.
+    #[error("cannot spawn a device thread")]
+    SpawnThread(#[source] std::io::Error),
 }
 
-/// The faultline PCI function: configuration space, BAR0 registers, BAR1 MSI-X, and the command queue
-/// running on the device's own worker thread.
+/// The faultline PCI function: configuration space, BAR0 registers, BAR1 MSI-X, the command queue running
+/// on the device's own worker thread, the MMU, the fault ring, and `engines × lanes` lane threads (plus one
+/// fault-interrupt moderation timer thread).
 ///
 /// Region accesses are meant for the server's socket thread: they take short locks and never wait for
 /// device work (a doorbell only wakes the worker). Interrupts are delivered to the [`InterruptSink`] only
@@ -42,6 +49,8 @@ pub enum DeviceError {
 pub struct Device {
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Lane threads and the moderation timer.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -70,9 +79,17 @@ fn validate(config: &DeviceConfig) -> Result<Identity, DeviceError> {
     else {
         return invalid("tlb_sets * tlb_ways", "must be 1..=u32::MAX");
     };
-    let ext = NoExtension;
+    if !config.tlb_sets.is_power_of_two() || config.tlb_sets > 65536 {
+        return invalid("tlb_sets", "must be a power of two, at most 65536");
+    }
+    if config.tlb_ways > 64 {
+        return invalid("tlb_ways", "must be 1..=64");
+    }
+    if usize::from(config.engines) * usize::from(config.lanes) > 4096 {
+        return invalid("engines * lanes", "must be at most 4096");
+    }
     Ok(Identity {
-        features: ext.features(),
+        features: DeviceExtension.features(),
         contexts: u32::from(config.contexts),
         engines: u32::from(config.engines),
         lanes: u32::from(config.lanes),
@@ -88,17 +105,48 @@ impl Device {
         irq: Arc<dyn InterruptSink>,
     ) -> Result<Device, DeviceError> {
         let id = validate(&config)?;
-        let shared = Arc::new(Shared::new(id, mem, Msix::new(irq)));
-        let worker = Worker::new(Arc::clone(&shared), Box::new(NoExtension));
+        let (engine, lanes) = Engine::new(&config).map_err(|e| {
+            warn!("engine configuration refused: {e}");
+            DeviceError::InvalidConfig {
+                field: "engine",
+                reason: "refused by the MMU",
+            }
+        })?;
+        let shared = Arc::new(Shared::new(id, mem, Msix::new(irq), engine));
+        let dev = Device {
+            shared: Arc::clone(&shared),
+            worker: Mutex::new(None),
+            threads: Mutex::new(Vec::with_capacity(lanes.len() + 1)),
+        };
+        // On an error below, dropping `dev` shuts down and joins whatever was started.
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(DeviceError::SpawnThread)
+        };
+        for (e, l, lane) in lanes {
+            let sh = Arc::clone(&shared);
+            let h = spawn(
+                format!("faultline-e{e}l{l}"),
+                Box::new(move || lane_thread(sh, e, l, lane)),
+            )?;
+            lock(&dev.threads).push(h);
+        }
+        let sh = Arc::clone(&shared);
+        let h = spawn(
+            "faultline-frirq".into(),
+            Box::new(move || FaultRingHw::timer_thread(&sh)),
+        )?;
+        lock(&dev.threads).push(h);
+        let worker = Worker::new(Arc::clone(&shared), Box::new(DeviceExtension));
         let handle = std::thread::Builder::new()
             .name("faultline-cq".into())
             .spawn(move || worker.run())
             .map_err(DeviceError::SpawnWorker)?;
+        *lock(&dev.worker) = Some(handle);
         info!("faultline device created: {config:?}");
-        Ok(Device {
-            shared,
-            worker: Mutex::new(Some(handle)),
-        })
+        Ok(dev)
     }
 
     /// Number of interrupts at VFIO interrupt `index`; see [`crate::irq_count`].
@@ -177,7 +225,7 @@ impl Device {
                     data.fill(0xff);
                     return Err(e);
                 }
-                let val = lock(&self.shared.regs).read(offset, &self.shared.id);
+                let val = self.shared.read_register(offset);
                 data.copy_from_slice(&val.to_le_bytes());
             }
             region::BAR1 => lock(&self.shared.msix).read(offset, data),
@@ -222,18 +270,20 @@ impl Device {
         }
     }
 
-    /// Resets the function (vfio-user DEVICE_RESET; the same as a PCIe FLR): queues disabled, registers,
-    /// counters, configuration space and MSI-X to their defaults, worker idle. Returns quickly: it waits
-    /// at most for one in-flight guest-memory write of the worker, never for a batch; once it returns the
-    /// worker performs no further guest write or interrupt for the old queue.
+    /// Resets the function (vfio-user DEVICE_RESET, a client disconnect; the same as a PCIe FLR): queues
+    /// disabled, registers, counters, configuration space and MSI-X to their defaults, contexts unbound, TLB
+    /// flushed, every running or stalled job completed with `FL_JOB_ABORTED` (when its record is reachable),
+    /// worker idle. Returns quickly: it waits at most for one in-flight step of the worker and for lanes
+    /// that hold a translation (each moves at most 64 KiB under it), never for a batch or a stalled job;
+    /// once it returns the device performs no further guest write or interrupt for the old queue or jobs.
     pub fn reset(&self) {
         info!("device reset");
         self.shared.reset_function();
     }
 
-    /// The `FL_STAT_COUNT` counters of spec section 7 (index = `FL_STAT_*`).
+    /// The `FL_STAT_COUNT` counters of spec section 7 (index = `FL_STAT_*`), since the last reset.
     pub fn stats(&self) -> Vec<u64> {
-        self.shared.stats.snapshot()
+        self.shared.counters().to_vec()
     }
 
     /// Number of region accesses refused for their width or alignment.
@@ -241,14 +291,23 @@ impl Device {
         self.shared.bad_accesses.load(Ordering::Relaxed)
     }
 
-    /// Stops and joins the worker thread. Idempotent; also done on drop. Region accesses keep working
-    /// afterwards, but the queue no longer executes commands.
+    /// Stops and joins every device thread: running and stalled jobs complete with `FL_JOB_ABORTED` (when
+    /// their record is reachable), later jobs too. Idempotent; also done on drop. Region accesses keep
+    /// working afterwards, but the queue no longer executes commands.
     pub fn shutdown(&self) {
         self.shared.request_shutdown();
+        self.shared.engine.shutdown(&self.shared);
+        self.shared.faults.shutdown();
         let handle = lock(&self.worker).take();
         if let Some(handle) = handle {
             if handle.join().is_err() {
                 warn!("command queue worker panicked");
+            }
+        }
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            if t.join().is_err() {
+                warn!("a device thread panicked");
             }
         }
     }

@@ -10,12 +10,22 @@
 //! - `msix.rs`: the MSI-X table and PBA in BAR1, and interrupt delivery;
 //! - `shared.rs`: state shared with the worker, the lock order, and the queue *generation* that keeps a
 //!   reset from racing the worker;
-//! - `queue.rs`: the command-queue worker (NOP, FENCE, STATS; other opcodes go to a pluggable extension);
+//! - `queue.rs`: the command-queue worker (NOP, FENCE, STATS; other opcodes go to the extension);
+//! - `commands.rs`: the extension: BIND/UNBIND, INVALIDATE(_ALL), REPLAY, CANCEL(_ALL), jobs, WAIT_JOBS;
+//! - `mmu_glue.rs`: guest memory as the MMU walker and the engines reach it (vm-memory, bounded);
+//! - `faults.rs`: the fault ring in guest memory, its writeback and interrupt moderation;
+//! - `jobs.rs`: job decoding and validation, chunk order, checksum, completion records;
+//! - `engines.rs`: lane threads, stalls, job completion, reset and shutdown of jobs;
 //! - `device.rs`: [`Device`], which routes region accesses to the above.
 
 pub mod abi;
 mod bar0;
+mod commands;
 mod device;
+mod engines;
+mod faults;
+pub mod jobs;
+mod mmu_glue;
 mod msix;
 mod pci;
 mod queue;

@@ -7,9 +7,8 @@
 //! write and interrupt goes through [`Shared::effects`], so nothing happens for a queue that a reset,
 //! disable or error has replaced (see `shared.rs`).
 //!
-//! NOP, FENCE and STATS are executed here. Every other opcode goes to an [`Extension`]; the MMU and the
-//! engines will provide one. Until then [`NoExtension`] reports them as `FL_ERR_BAD_OPCODE` and sets no
-//! `FL_REG_FEATURES` bit.
+//! NOP, FENCE and STATS are executed here. Every other opcode goes to an [`Extension`]: the device's is
+//! `commands.rs` (MMU, replay/cancel, jobs).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -106,15 +105,15 @@ impl ExecCtx<'_> {
         Ok(f(&mem))
     }
 
-    /// Counter block.
-    pub(crate) fn stats(&self) -> &crate::stats::Stats {
-        &self.shared.stats
+    /// The device state (MMU, engines, clock). Guest-visible effects must still go through
+    /// [`ExecCtx::effect`].
+    pub(crate) fn shared(&self) -> &Shared {
+        self.shared
     }
 
-    /// Number of contexts (for `FL_ERR_BAD_ARG` checks).
-    #[allow(dead_code)] // used by MMU opcodes
-    pub(crate) fn contexts(&self) -> u32 {
-        self.shared.id.contexts
+    /// Whether the queue this batch runs for is still the current one (no reset, disable or error since).
+    pub(crate) fn is_current(&self) -> bool {
+        self.shared.generation() == self.gen
     }
 }
 
@@ -131,20 +130,6 @@ pub(crate) trait Extension: Send {
     /// `FL_OP_FENCE` with `FL_CMD_F_WAIT_JOBS`: returns once every job started so far has completed.
     fn wait_jobs(&mut self, _ctx: &ExecCtx<'_>) -> Result<(), CmdError> {
         Ok(())
-    }
-}
-
-/// The transport milestone's extension: no MMU, no engines.
-pub(crate) struct NoExtension;
-
-impl Extension for NoExtension {
-    fn features(&self) -> u32 {
-        0
-    }
-
-    fn execute(&mut self, cmd: &Command, _ctx: &ExecCtx<'_>) -> Result<Done, CmdError> {
-        debug!("opcode {:#04x} not supported", cmd.opcode);
-        Err(CmdError::Queue(abi::ERR_BAD_OPCODE))
     }
 }
 
@@ -291,7 +276,12 @@ impl Worker {
 /// STATS: writes the counter block, at most `a1` bytes, at `a0`.
 fn stats(cmd: &Command, ctx: &ExecCtx<'_>) -> Result<(), CmdError> {
     let [gpa, max_bytes, ..] = cmd.args;
-    let block = ctx.stats().to_le_bytes();
+    let block: Vec<u8> = ctx
+        .shared()
+        .counters()
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let len = usize::try_from(max_bytes).map_or(block.len(), |n| n.min(block.len()));
     if len == 0 {
         return Ok(());

@@ -5,11 +5,17 @@
 //!
 //! Always taken in this order (a thread may skip any of them):
 //!
-//! 1. `effects` — held around every guest-visible side effect of the device (guest-memory writes and
-//!    interrupts) and around every change of the queue *generation*. Held for one short write at a time.
+//! 1. `effects` — held around every guest-visible side effect of the command worker (guest-memory writes,
+//!    interrupts, MMU state changes, job submission) and around every change of the queue *generation*.
+//!    Held for one short step at a time.
 //! 2. `regs` — the register file; the worker's condition variable `wake` waits on it.
-//! 3. `config` — configuration space.
-//! 4. `msix` — MSI-X table, PBA and delivery.
+//! 3. the fault ring (`faults.rs`) — ring state and entry writes.
+//! 4. the engine's locks (`engines.rs`: reset lock, job book, engine queues, stall gate, stall table).
+//! 5. `config` — configuration space.
+//! 6. `msix` — MSI-X table, PBA and delivery.
+//!
+//! Lane threads take only 3, 4 and 6, never while holding a translation guard; so a reset, which holds 1
+//! and 2 while it waits for pinned lanes (`Engine::abort_all`), never waits for a lane that waits for it.
 //!
 //! # Generations
 //!
@@ -28,7 +34,11 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use log::{debug, info, warn};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::bar0::{FaultRingState, Identity, QueueState, RegWrite, Regs};
+use faultline_mmu::Counters;
+
+use crate::bar0::{Identity, QueueState, RegWrite, Regs};
+use crate::engines::Engine;
+use crate::faults::{Clock, FaultRingHw};
 use crate::msix::Msix;
 use crate::pci::ConfigSpace;
 use crate::stats::Stats;
@@ -68,6 +78,12 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Region accesses refused for their width or alignment.
     pub bad_accesses: AtomicU64,
+    /// Time since creation or reset (fault timestamps, moderation).
+    pub clock: Clock,
+    /// The fault ring.
+    pub faults: FaultRingHw,
+    /// MMU, stall table, engines and jobs.
+    pub engine: Engine,
 }
 
 /// Whether `[base, base + len)` is entirely inside guest memory.
@@ -112,7 +128,7 @@ fn error_name(code: u32) -> &'static str {
 
 impl Shared {
     /// Shared state in its reset state.
-    pub(crate) fn new(id: Identity, mem: GuestMem, msix: Msix) -> Self {
+    pub(crate) fn new(id: Identity, mem: GuestMem, msix: Msix, engine: Engine) -> Self {
         Shared {
             id,
             mem,
@@ -124,7 +140,29 @@ impl Shared {
             msix: Mutex::new(msix),
             stats: Stats::new(),
             bad_accesses: AtomicU64::new(0),
+            clock: Clock::new(),
+            faults: FaultRingHw::default(),
+            engine,
         }
+    }
+
+    /// The counter block of spec section 7 (index = `FL_STAT_*`), since the last reset.
+    pub(crate) fn counters(&self) -> [u64; abi::STAT_COUNT as usize] {
+        let own = self.stats.snapshot();
+        let mut c = Counters {
+            commands: own[abi::STAT_COMMANDS as usize],
+            jobs: own[abi::STAT_JOBS as usize],
+            ..Counters::default()
+        };
+        self.engine.add_counters(&mut c);
+        self.faults.add_counters(&mut c);
+        c.to_array()
+    }
+
+    /// Reads a BAR0 register.
+    pub(crate) fn read_register(&self, offset: u64) -> u32 {
+        let regs = lock(&self.regs);
+        regs.read(offset, &self.id, self.faults.view())
     }
 
     /// The current queue generation (read it under `regs` to pair it with a queue snapshot).
@@ -149,26 +187,32 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// `FL_CTRL_RESET`: queues disabled, registers and counters to defaults, worker idle. Configuration
-    /// space and MSI-X are untouched.
-    pub(crate) fn reset_registers(&self) {
-        let fx = self.effects_any();
+    /// Everything a reset of any kind does besides configuration space and MSI-X: new generation, registers
+    /// and counters to defaults, fault ring disabled, clock restarted, jobs aborted, contexts unbound.
+    fn reset_device(&self, fx: &Effects<'_>) {
         let mut regs = lock(&self.regs);
-        self.bump(&fx, &mut regs);
+        self.bump(fx, &mut regs);
         regs.reset();
+        self.faults.reset();
+        self.clock.restart();
         self.stats.clear();
         drop(regs);
+        self.engine.abort_all(self);
+    }
+
+    /// `FL_CTRL_RESET`: queues disabled, registers and counters to defaults, jobs aborted, worker idle.
+    /// Configuration space and MSI-X are untouched.
+    pub(crate) fn reset_registers(&self) {
+        let fx = self.effects_any();
+        self.reset_device(&fx);
+        drop(fx);
         self.wake.notify_all();
     }
 
     /// Function reset (vfio-user DEVICE_RESET, PCIe FLR): registers, configuration space and MSI-X.
     pub(crate) fn reset_function(&self) {
         let fx = self.effects_any();
-        let mut regs = lock(&self.regs);
-        self.bump(&fx, &mut regs);
-        regs.reset();
-        self.stats.clear();
-        drop(regs);
+        self.reset_device(&fx);
         lock(&self.config).reset();
         lock(&self.msix).reset();
         drop(fx);
@@ -273,12 +317,8 @@ impl Shared {
             Some(RegWrite::Control(v)) => self.write_control(v),
             Some(RegWrite::CqTail(tail)) => self.doorbell(tail),
             Some(RegWrite::CqControl(v)) => self.write_cq_control(v),
-            Some(RegWrite::FrGet(get)) => {
-                // Re-arming the fault interrupt belongs to the MMU; no fault is ever posted yet.
-                if let Some(fr) = lock(&self.regs).fr.as_mut() {
-                    fr.get = get;
-                }
-            }
+            Some(RegWrite::FrGet(get)) => self.faults.doorbell(self, get, self.clock.now_ns()),
+            Some(RegWrite::FrIrqDelay(us)) => self.faults.set_delay(us),
             Some(RegWrite::FrControl(v)) => self.write_fr_control(v),
         }
     }
@@ -382,9 +422,9 @@ impl Shared {
 
     fn write_fr_control(&self, val: u32) {
         let fx = self.effects_any();
-        let mut regs = lock(&self.regs);
+        let regs = lock(&self.regs);
         let enable = val & abi::FR_CTRL_ENABLE != 0;
-        match (regs.fr.is_some(), enable) {
+        match (self.faults.view().enabled, enable) {
             (false, true) => {
                 if regs.error != abi::ERR_NONE {
                     warn!("fault ring enable ignored: device in error state, reset first");
@@ -414,16 +454,12 @@ impl Shared {
                     self.fail(&fx, code, 0);
                     return;
                 }
-                regs.fr = Some(FaultRingState {
-                    base,
-                    size,
-                    get: 0,
-                    put: 0,
-                });
-                info!("fault ring enabled: base {base:#x} size {size}");
+                if self.faults.enable(base, size, wb, regs.fr_irq_delay) {
+                    info!("fault ring enabled: base {base:#x} size {size}");
+                }
             }
             (true, false) => {
-                regs.fr = None;
+                self.faults.disable();
                 info!("fault ring disabled");
             }
             _ => {}

@@ -32,14 +32,6 @@ impl Stats {
             .collect()
     }
 
-    /// The counter block as guest-visible little-endian bytes.
-    pub(crate) fn to_le_bytes(&self) -> Vec<u8> {
-        self.snapshot()
-            .into_iter()
-            .flat_map(u64::to_le_bytes)
-            .collect()
-    }
-
     /// Zeroes every counter (device reset).
     pub(crate) fn clear(&self) {
         for c in &self.counters {

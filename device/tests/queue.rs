@@ -220,25 +220,40 @@ fn unknown_opcode_stops_the_queue_at_its_index() {
 }
 
 #[test]
-fn mmu_and_job_opcodes_are_unsupported_for_now() {
-    for op in [
-        abi::OP_BIND,
-        abi::OP_UNBIND,
-        abi::OP_INVALIDATE,
-        abi::OP_INVALIDATE_ALL,
-        abi::OP_REPLAY,
-        abi::OP_CANCEL,
-        abi::OP_CANCEL_ALL,
-        abi::OP_JOB_FILL,
-        abi::OP_JOB_COPY,
-        abi::OP_JOB_CHECKSUM,
-        abi::OP_JOB_ATOMIC_ADD,
+fn mmu_and_job_opcodes_check_their_context() {
+    let h = setup(4);
+    assert_eq!(
+        h.reg(abi::REG_FEATURES),
+        abi::FEAT_MMU | abi::FEAT_FAULT_RING | abi::FEAT_ENGINES
+    );
+    drop(h);
+    for (op, context) in [
+        (abi::OP_BIND, 16),
+        (abi::OP_UNBIND, 0xffff),
+        (abi::OP_INVALIDATE, 0xffff),
+        (abi::OP_INVALIDATE_ALL, 16),
+        (abi::OP_REPLAY, 100),
+        (abi::OP_CANCEL, 0xffff),
+        (abi::OP_CANCEL_ALL, 16),
+        (abi::OP_JOB_FILL, 16),
+        (abi::OP_JOB_COPY, 0xffff),
+        (abi::OP_JOB_CHECKSUM, 16),
+        (abi::OP_JOB_ATOMIC_ADD, 16),
     ] {
         let mut h = setup(4);
-        h.submit(&[Cmd::nop(), Cmd::op(op)]);
-        assert_error(&h, abi::ERR_BAD_OPCODE);
+        h.submit(&[
+            Cmd::nop(),
+            Cmd {
+                context,
+                ..Cmd::op(op)
+            },
+        ]);
+        assert_error(&h, abi::ERR_BAD_ARG);
         assert_eq!(h.reg(abi::REG_ERROR_INFO), 1, "opcode {op:#x}");
     }
+    let mut h = setup(4);
+    h.submit(&[Cmd::nop(), Cmd::op(0x7f)]);
+    assert_error(&h, abi::ERR_BAD_OPCODE);
 }
 
 #[test]

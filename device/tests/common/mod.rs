@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod gpu;
+
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -158,6 +160,11 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Self {
+        Self::with_config(DeviceConfig::default())
+    }
+
+    /// A harness whose device has `config`.
+    pub fn with_config(config: DeviceConfig) -> Self {
         let ram = GuestMemoryMmap::<()>::from_ranges(&[
             (GuestAddress(0), RAM_SIZE as usize),
             (GuestAddress(HIGH_RAM), HIGH_RAM_SIZE as usize),
@@ -165,7 +172,7 @@ impl Harness {
         .expect("anonymous guest memory");
         let mem = GuestMemoryAtomic::new(ram);
         let sink = Arc::new(RecordingSink::new(mem.clone()));
-        let dev = Device::new(DeviceConfig::default(), mem.clone(), sink.clone()).expect("device");
+        let dev = Device::new(config, mem.clone(), sink.clone()).expect("device");
         Harness {
             dev,
             mem,
@@ -314,5 +321,30 @@ impl Harness {
             self.reg(abi::REG_STATUS) & abi::STATUS_ERROR != 0
         });
         self.reg(abi::REG_ERROR)
+    }
+}
+
+impl Harness {
+    /// Programs and enables the fault ring (no checks).
+    pub fn program_fault_ring(&self, base: u64, size: u32, delay_us: u32) {
+        self.set_reg(abi::REG_FR_BASE_LO, base as u32);
+        self.set_reg(abi::REG_FR_BASE_HI, (base >> 32) as u32);
+        self.set_reg(abi::REG_FR_SIZE, size);
+        self.set_reg(abi::REG_FR_IRQ_DELAY, delay_us);
+        self.set_reg(abi::REG_FR_CONTROL, abi::FR_CTRL_ENABLE);
+    }
+
+    /// Waits until the completion record at `gpa` has a status and returns it.
+    pub fn wait_completion(&self, gpa: u64) -> gpu::Completion {
+        wait_until(&format!("completion record at {gpa:#x}"), || {
+            self.read_u32(gpa + abi::COMPL_OFF_STATUS) != 0
+        });
+        gpu::read_completion(&self.mem, gpa)
+    }
+
+    /// Submits `cmds` and waits until the device consumed them.
+    pub fn run(&mut self, cmds: &[Cmd]) {
+        self.submit(cmds);
+        self.drain();
     }
 }
