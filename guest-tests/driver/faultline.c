@@ -1627,12 +1627,14 @@ static int fl_fault_cmp(const void *a, const void *b)
 	return (int)y->access - (int)x->access;
 }
 
-static u32 fl_fault_fetch(struct fl_dev *fl, struct fl_fault_rec *f, u32 cap)
+static u32 fl_fault_fetch(struct fl_dev *fl, struct fl_fault_rec *f, u32 cap,
+			  bool *full)
 {
 	const u32 mask = fl->fr_size - 1;
 	u32 put = READ_ONCE(fl->wb->fr_put), n = 0;
 
 	dma_rmb();	/* the entries before PUT were written before it */
+	*full = put - fl->fr_get == fl->fr_size;
 	if (put - fl->fr_get > fl->fr_size) {
 		dev_err_ratelimited(fl_device(fl), "%s: fault-ring PUT %u is more than the ring ahead of GET %u\n",
 				    fl->name, put, fl->fr_get);
@@ -1872,7 +1874,7 @@ static bool fl_fault_batch(struct fl_dev *fl)
 	struct fl_fault_rec *f = fl->fbatch;
 	struct fl_cmd *cmds = fl->fcmds;
 	u32 n, m, i, j, k, nc = 0, ov;
-	bool overflow;
+	bool overflow, full;
 	int err;
 
 	lockdep_assert_held(&fl->fault_mutex);
@@ -1883,7 +1885,7 @@ static bool fl_fault_batch(struct fl_dev *fl)
 		fl->fr_overflows = ov;
 	}
 	n = fl_fault_fetch(fl, f, clamp_t(u32, READ_ONCE(fault_batch), 1,
-					  FL_BATCH_LIMIT));
+					  FL_BATCH_LIMIT), &full);
 	if (!n && !overflow)
 		goto rearm;
 	atomic64_add(n, &fl->fst.faults);
@@ -1953,9 +1955,21 @@ static bool fl_fault_batch(struct fl_dev *fl)
 			dev_dbg_ratelimited(fl_device(fl), "%s: fault batch commands: %d\n",
 					    fl->name, err);
 	}
+	writel(fl->fr_get, fl->regs + FL_REG_FR_GET);
+	/*
+	 * A full ring may overflow until the device has seen the new GET, and
+	 * if this batch took every entry up to that full PUT, the device would
+	 * not re-raise the interrupt (PUT == GET) for the dropped faults: read
+	 * a register (answered after the posted GET write) and look at the
+	 * overflow count again.
+	 */
+	if (full)
+		readl(fl->regs + FL_REG_FR_PUT);
+	return READ_ONCE(fl->wb->fr_put) != fl->fr_get ||
+	       READ_ONCE(fl->wb->fr_overflows) != fl->fr_overflows;
 rearm:
 	writel(fl->fr_get, fl->regs + FL_REG_FR_GET);
-	return READ_ONCE(fl->wb->fr_put) != fl->fr_get;
+	return false;
 }
 
 static void fl_fault_work(struct work_struct *work)

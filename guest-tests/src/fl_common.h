@@ -42,4 +42,16 @@ uint64_t fl_percentile(const uint64_t *sorted, size_t n, unsigned int p);
 /* Mean of an array; 0 if empty. */
 double fl_mean(const uint64_t *v, size_t n);
 
+/* FNV-1a 64 of @len bytes, continuing from @h (start with FL_FNV_OFFSET). */
+#define FL_FNV_OFFSET 0xcbf29ce484222325ull
+uint64_t fl_fnv1a(uint64_t h, const void *p, size_t len);
+
+/*
+ * FL_IOC_JOB: fills *job (op, src, dst, len, value, lanes, pattern; the rest
+ * zero) and runs it. Returns 0 or -errno; *job has the results.
+ */
+int fl_job(int fd, struct fl_ioc_job *job, unsigned int op, uint64_t src,
+	   uint64_t dst, uint64_t len, uint64_t value, unsigned int lanes,
+	   unsigned int pattern);
+
 #endif /* FL_COMMON_H */
