@@ -76,22 +76,18 @@ static uint64_t u(const void *p)
 	return (uint64_t)(uintptr_t)p;
 }
 
+/* The device's CHECKSUM of @len bytes at @p (default chunks). */
 static uint64_t fnv(const void *p, size_t len)
 {
-	return fl_fnv1a(FL_FNV_OFFSET, p, len);
+	return fl_checksum(p, len, 0);
 }
 
 static uint64_t fnv_zero(size_t len)
 {
-	static unsigned char zero[PAGE];
-	uint64_t h = FL_FNV_OFFSET;
+	void *z = calloc(1, len);
+	uint64_t h = fl_checksum(z, len, 0);
 
-	while (len) {
-		size_t n = len < PAGE ? len : PAGE;
-
-		h = fl_fnv1a(h, zero, n);
-		len -= n;
-	}
+	free(z);
 	return h;
 }
 
@@ -1132,9 +1128,10 @@ out:
 static int t_counters(char *why, size_t wlen)
 {
 	struct fl_ioc_fault_stats s;
+	struct fl_ioc_bind b = {};
 	int fd = open_dev(), rc = PASS;
 
-	CHECK(fd >= 0, "open");
+	CHECK(fd >= 0 && !fl_ioctl(fd, FL_IOC_BIND, &b), "open/bind");
 	fault_stats(fd, &s);
 	printf("# counters: faults %llu batches %llu duplicates %llu windows %llu retries %llu timeouts %llu cancels %llu invalidations %llu replays %llu overflows %llu pages %llu huge %llu upgrades %llu notifier %llu/%llu/%llu irqs %llu runs %llu stale %llu\n",
 	       (unsigned long long)s.faults, (unsigned long long)s.batches,
