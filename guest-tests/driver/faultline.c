@@ -111,6 +111,10 @@ static unsigned int fault_batch = 256;
 module_param(fault_batch, uint, 0644);
 MODULE_PARM_DESC(fault_batch, "most fault-ring entries serviced per batch (1..1024; default 256)");
 
+static bool fault_prefetch = true;
+module_param_named(prefetch, fault_prefetch, bool, 0644);
+MODULE_PARM_DESC(prefetch, "fault windows reach the end of their 2 MiB block: hmm_range_fault() then populates every page after the first fault (default Y); N: only up to the window's last fault");
+
 static unsigned int job_timeout_ms = 60000;
 module_param(job_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(job_timeout_ms, "longest wait for one FL_IOC_JOB before cancelling, in ms (default 60000)");
@@ -1691,44 +1695,51 @@ static u64 fl_leaf(unsigned long hpfn)
 	return e;
 }
 
-/* The 512 results from @p map one PMD-mapped, naturally aligned 2 MiB page. */
-static bool fl_hmm_huge(const unsigned long *p)
+/*
+ * The CPU maps the page of @p with a PMD (hmm_pfn_to_map_order()): the
+ * whole naturally aligned 2 MiB block around @va is one physically
+ * contiguous, aligned page with the same permissions. Returns the block's
+ * first PFN, or 0 if it cannot be mapped by one device PTE (the block must
+ * lie inside the VMA [@vs, @ve)).
+ */
+static unsigned long fl_hmm_huge_pfn(unsigned long p, u64 va, u64 vs, u64 ve)
 {
-	unsigned long pfn = p[0] & ~HMM_PFN_FLAGS;
-	unsigned int i;
+	u64 block = ALIGN_DOWN(va, FL_HUGE_SIZE);
+	unsigned long pfn = p & ~HMM_PFN_FLAGS;
 
-	if (!(p[0] & HMM_PFN_VALID) || (p[0] & HMM_PFN_ERROR) ||
-	    hmm_pfn_to_map_order(p[0]) < ilog2(FL_HUGE_PAGES) ||
-	    !IS_ALIGNED(pfn, FL_HUGE_PAGES))
-		return false;
-	for (i = 1; i < FL_HUGE_PAGES; i++) {
-		if ((p[i] & ~HMM_PFN_FLAGS) != pfn + i ||
-		    (p[i] & (HMM_PFN_VALID | HMM_PFN_WRITE | HMM_PFN_ERROR)) !=
-		    (p[0] & (HMM_PFN_VALID | HMM_PFN_WRITE | HMM_PFN_ERROR)))
-			return false;
-	}
-	return true;
+	if (!(p & HMM_PFN_VALID) || (p & HMM_PFN_ERROR) ||
+	    hmm_pfn_to_map_order(p) < ilog2(FL_HUGE_PAGES) ||
+	    block < vs || block + FL_HUGE_SIZE > ve)
+		return 0;
+	pfn -= (va - block) >> PAGE_SHIFT;
+	return IS_ALIGNED(pfn, FL_HUGE_PAGES) ? pfn : 0;
 }
 
-/* Write the PTEs of a window from hmm_range_fault()'s results. ctx->lock. */
+/*
+ * Write the PTEs of a window [ws, we) of the VMA [vs, ve) from
+ * hmm_range_fault()'s results: a 2 MiB leaf where the CPU maps the whole
+ * block with a PMD, else a 4 KiB leaf for each valid page. ctx->lock.
+ */
 static void fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx, u64 ws,
-			  u64 we, const unsigned long *pfns,
+			  u64 we, u64 vs, u64 ve, const unsigned long *pfns,
 			  struct fl_span *changed)
 {
 	u64 va = ws;
 
 	while (va < we) {
-		const unsigned long *p = pfns + ((va - ws) >> PAGE_SHIFT);
+		unsigned long p = pfns[(va - ws) >> PAGE_SHIFT];
+		unsigned long hpfn = fl_hmm_huge_pfn(p, va, vs, ve);
 		struct fl_span sp = {};
 
-		if (IS_ALIGNED(va, FL_HUGE_SIZE) && va + FL_HUGE_SIZE <= we &&
-		    fl_hmm_huge(p)) {
-			if (fl_pt_set(ctx, va, fl_leaf(p[0]) | FL_PTE_LEAF, true, &sp) > 0)
+		if (hpfn) {
+			p = hpfn | (p & HMM_PFN_WRITE);
+			va = ALIGN_DOWN(va, FL_HUGE_SIZE);
+			if (fl_pt_set(ctx, va, fl_leaf(p) | FL_PTE_LEAF, true, &sp) > 0)
 				atomic64_inc(&fl->fst.huge_mapped);
 			va += FL_HUGE_SIZE;
 		} else {
-			if ((p[0] & HMM_PFN_VALID) && !(p[0] & HMM_PFN_ERROR) &&
-			    fl_pt_set(ctx, va, fl_leaf(p[0]), false, &sp) > 0)
+			if ((p & HMM_PFN_VALID) && !(p & HMM_PFN_ERROR) &&
+			    fl_pt_set(ctx, va, fl_leaf(p), false, &sp) > 0)
 				atomic64_inc(&fl->fst.pages_mapped);
 			va += PAGE_SIZE;
 		}
@@ -1757,7 +1768,7 @@ static u32 fl_service_window(struct fl_dev *fl, struct fl_ctx *ctx,
 	struct mm_struct *mm = ctx->mm;
 	struct vm_area_struct *vma;
 	bool single = false;
-	u64 hstart, ws, we;
+	u64 hstart, ws, we, vs, ve, last = 0;
 	u32 k, i;
 	int ret;
 
@@ -1774,16 +1785,17 @@ again:
 		fl_fault_cancel(&f[0], FL_ACC_ALL, -EFAULT);
 		return 1;
 	}
+	vs = vma->vm_start;
+	ve = vma->vm_end;
 	hstart = ALIGN_DOWN(f[0].va, FL_HUGE_SIZE);
-	ws = max_t(u64, vma->vm_start, hstart);
-	we = min_t(u64, vma->vm_end, hstart + FL_HUGE_SIZE);
+	ws = max_t(u64, vs, hstart);
+	we = min_t(u64, ve, hstart + FL_HUGE_SIZE);
 	if (single) {
 		ws = f[0].va;
 		we = ws + PAGE_SIZE;
 	}
-	range.start = ws;
-	range.end = we;
 	memset(pfns, 0, ((we - ws) >> PAGE_SHIFT) * sizeof(*pfns));
+	range.start = ws;
 	for (k = 0; k < n && f[k].va < we; k++) {
 		unsigned long req = HMM_PFN_REQ_FAULT;
 
@@ -1801,7 +1813,24 @@ again:
 			}
 		}
 		pfns[(f[k].va - ws) >> PAGE_SHIFT] = req;
+		last = f[k].va + PAGE_SIZE;
 	}
+	/*
+	 * hmm_range_fault() faults every page from the first one it must
+	 * fault (from the start of an empty page table) to the end of the
+	 * range: a window from the block's start to its end prefetches the
+	 * block (module parameter prefetch, default); one from the first to
+	 * the last fault keeps it from populating memory the device never
+	 * touches, but the gaps between faults.
+	 */
+	if (!READ_ONCE(fault_prefetch) && last > ws) {
+		ws = f[0].va;
+		we = last;
+		memmove(pfns, pfns + ((f[0].va - range.start) >> PAGE_SHIFT),
+			((we - ws) >> PAGE_SHIFT) * sizeof(*pfns));
+	}
+	range.start = ws;
+	range.end = we;
 	ret = hmm_range_fault(&range);
 	mmap_read_unlock(mm);
 	if (ret == -EBUSY)
@@ -1820,7 +1849,7 @@ again:
 		mutex_unlock(&ctx->lock);
 		goto retry;
 	}
-	fl_window_map(fl, ctx, ws, we, pfns, changed);
+	fl_window_map(fl, ctx, ws, we, vs, ve, pfns, changed);
 	mutex_unlock(&ctx->lock);
 	for (i = 0; i < k; i++)
 		f[i].done = 1;

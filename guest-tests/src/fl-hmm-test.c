@@ -574,6 +574,63 @@ out:
 	return rc;
 }
 
+static int set_param(const char *name, const char *val);
+
+static int count_resident(void *p, size_t len)
+{
+	unsigned char v[512];
+	size_t i;
+	int n = 0;
+
+	if (len / PAGE > sizeof(v) || mincore(p, len, v))
+		return -1;
+	for (i = 0; i < len / PAGE; i++)
+		n += v[i] & 1;
+	return n;
+}
+
+/*
+ * Window policy: with prefetch=N a fault populates only the pages the device
+ * touches; with prefetch=Y the first fault of a block populates the rest.
+ */
+static int t_window_policy(char *why, size_t wlen)
+{
+	const size_t len = HUGE;
+	unsigned char *p = map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
+	unsigned char *q = map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
+	struct fl_ioc_job j;
+	int fd = open_dev(), err, rc = PASS, n;
+	size_t off;
+
+	CHECK(p && q && fd >= 0, "setup");
+	madvise(p, len, MADV_NOHUGEPAGE);
+	madvise(q, len, MADV_NOHUGEPAGE);
+	CHECK(!set_param("prefetch", "N"), "cannot set prefetch");
+	for (off = PAGE; off < len; off += 16 * PAGE) {
+		err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(p + off), 100, 7, 1, FL_JOBPAT_SEQ);
+		CHECK(!err, "fill at %zu: %d", off, err);
+	}
+	n = count_resident(p, len);
+	CHECK(n == (int)(len / PAGE / 16), "prefetch=N: %d pages resident, want %lu", n,
+	      len / PAGE / 16);
+	CHECK(!set_param("prefetch", "Y"), "cannot set prefetch");
+	err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(q + PAGE), 100, 7, 1, FL_JOBPAT_SEQ);
+	CHECK(!err, "fill: %d", err);
+	n = count_resident(q, len);
+	CHECK(n == (int)(len / PAGE - 1), "prefetch=Y: %d pages resident, want %lu", n,
+	      len / PAGE - 1);
+	printf("# window_policy: one-page faults populate 1 page (prefetch=N), %d pages (prefetch=Y)\n", n);
+out:
+	set_param("prefetch", "Y");
+	if (p)
+		munmap(p, len);
+	if (q)
+		munmap(q, len);
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Races */
 
@@ -1167,6 +1224,7 @@ static const struct test tests[] = {
 	{ "anon_write_huge", t_anon_write_huge },
 	{ "fork_cow", t_fork_cow },
 	{ "invalidate_munmap", t_invalidate_munmap },
+	{ "window_policy", t_window_policy },
 	{ "race_munmap", t_race_munmap },
 	{ "race_mprotect", t_race_mprotect },
 	{ "race_dontneed", t_race_dontneed },
