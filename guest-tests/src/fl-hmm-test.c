@@ -1155,6 +1155,7 @@ static int t_ring_overflow(char *why, size_t wlen)
 	CHECK(p && fd >= 0, "setup");
 	madvise(p, len, MADV_NOHUGEPAGE);
 	CHECK(!set_param("fr_entries", "4"), "cannot set fr_entries");
+	CHECK(!set_param("prefetch", "N"), "cannot set prefetch");	/* a fault per page */
 	err = reset_dev(fd);
 	CHECK(!err, "reset: %d", err);
 	fault_stats(fd, &s0);
@@ -1172,6 +1173,7 @@ static int t_ring_overflow(char *why, size_t wlen)
 	       (unsigned long long)ds.values[FL_STAT_FAULT_OVERFLOWS]);
 	CHECK(s1.overflows > s0.overflows, "the ring never overflowed");
 out:
+	set_param("prefetch", "Y");
 	set_param("fr_entries", "1024");
 	if (fd >= 0) {
 		reset_dev(fd);
@@ -1179,6 +1181,160 @@ out:
 	}
 	if (p)
 		munmap(p, len);
+	return rc;
+}
+
+struct bg_job {
+	int fd;
+	void *p;
+	size_t len;
+	int err;
+	struct fl_ioc_job j;
+};
+
+static void *bg_fill(void *arg)
+{
+	struct bg_job *b = arg;
+
+	b->err = fl_job(b->fd, &b->j, FL_JOBOP_FILL, 0, u(b->p), b->len, 0x3e, 1,
+			FL_JOBPAT_SEQ);
+	return NULL;
+}
+
+/*
+ * FL_IOC_RESET while a job faults page by page: the job ends (EIO, aborted,
+ * or done), nothing hangs, and the context works again afterwards (the
+ * driver re-binds it in the new device generation).
+ */
+static int t_reset_during_faults(char *why, size_t wlen)
+{
+	const size_t len = 8 * MIB;
+	struct bg_job b = { .len = len };
+	struct fl_ioc_job j;
+	int fd2 = open_dev(), err, rc = PASS;
+	pthread_t t;
+	size_t i;
+
+	b.fd = open_dev();
+	b.p = map_anon(len, PROT_READ | PROT_WRITE);
+	CHECK(b.fd >= 0 && fd2 >= 0 && b.p, "setup");
+	madvise(b.p, len, MADV_NOHUGEPAGE);
+	CHECK(!set_param("prefetch", "N"), "set prefetch");
+	pthread_create(&t, NULL, bg_fill, &b);
+	usleep(30000);
+	err = reset_dev(fd2);
+	pthread_join(t, NULL);
+	set_param("prefetch", "Y");
+	CHECK(!err, "reset: %d", err);
+	printf("# reset_during_faults: job ended with %d, status %llu, %llu faults\n", b.err,
+	       (unsigned long long)b.j.status, (unsigned long long)b.j.faults);
+	CHECK(!b.err || b.err == -EIO, "job during reset: %d status %llu", b.err,
+	      (unsigned long long)b.j.status);
+	err = fl_job(b.fd, &j, FL_JOBOP_FILL, 0, u(b.p), len, 0x4f, 0, FL_JOBPAT_SEQ);
+	CHECK(!err, "job after the reset: %d status %llu", err, (unsigned long long)j.status);
+	for (i = 0; i < len; i++)
+		CHECK(((unsigned char *)b.p)[i] == 0x4f, "byte %zu", i);
+out:
+	set_param("prefetch", "Y");
+	if (b.p)
+		munmap(b.p, len);
+	if (b.fd >= 0)
+		close(b.fd);
+	if (fd2 >= 0)
+		close(fd2);
+	return rc;
+}
+
+/*
+ * Processes die with device jobs in flight (their fds released, their mm torn
+ * down while the device faults on it), others keep working; contexts are all
+ * given back.
+ */
+static int t_teardown(char *why, size_t wlen)
+{
+	struct fl_ioc_fault_stats s;
+	struct fl_ioc_job j;
+	int fd = open_dev(), k, st, rc = PASS, err;
+	unsigned char *p = map_anon(MIB, PROT_READ | PROT_WRITE);
+	pid_t pids[6];
+
+	CHECK(fd >= 0 && p, "setup");
+	CHECK(!set_param("prefetch", "N"), "set prefetch");
+	for (k = 0; k < 6; k++) {
+		pids[k] = fork();
+		CHECK(pids[k] >= 0, "fork");
+		if (!pids[k]) {
+			struct bg_job b = { .fd = open_dev(), .len = 16 * MIB };
+			pthread_t t;
+
+			b.p = map_anon(b.len, PROT_READ | PROT_WRITE);
+			if (b.fd < 0 || !b.p)
+				_exit(2);
+			pthread_create(&t, NULL, bg_fill, &b);
+			usleep(1000 * (5 + 10 * k));
+			if (k & 1)
+				munmap(b.p, b.len);	/* under the job's feet */
+			_exit(0);	/* the job's thread dies with us */
+		}
+	}
+	for (k = 0; k < 6; k++) {
+		CHECK(waitpid(pids[k], &st, 0) == pids[k], "waitpid");
+		CHECK(WIFEXITED(st) && !WEXITSTATUS(st), "child %d status %#x", k, st);
+	}
+	set_param("prefetch", "Y");
+	err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(p), MIB, 9, 0, FL_JOBPAT_SEQ);
+	CHECK(!err && p[MIB - 1] == 9, "job after the teardowns: %d", err);
+	fault_stats(fd, &s);
+	CHECK(s.contexts == 1, "%llu contexts still bound (want only this file's)",
+	      (unsigned long long)s.contexts);
+out:
+	set_param("prefetch", "Y");
+	if (p)
+		munmap(p, MIB);
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+/* Several processes, each its own context, fault at once; all data checked. */
+static int t_multi_process(char *why, size_t wlen)
+{
+	int k, st, rc = PASS;
+	pid_t pids[4];
+
+	for (k = 0; k < 4; k++) {
+		pids[k] = fork();
+		CHECK(pids[k] >= 0, "fork");
+		if (!pids[k]) {
+			const size_t len = 4 * MIB;
+			unsigned char *a = map_anon(len, PROT_READ | PROT_WRITE);
+			unsigned char *b = map_anon(len, PROT_READ | PROT_WRITE);
+			int fd = open_dev(), r;
+			struct fl_ioc_job j;
+			size_t i;
+
+			if (fd < 0 || !a || !b)
+				_exit(2);
+			for (r = 0; r < 4; r++) {
+				if (fl_job(fd, &j, FL_JOBOP_FILL, 0, u(a), len, k * 16 + r, 0,
+					   FL_JOBPAT_RANDOM) ||
+				    fl_job(fd, &j, FL_JOBOP_COPY, u(a), u(b), len, 0, 0,
+					   FL_JOBPAT_STRIDED))
+					_exit(3);
+				for (i = 0; i < len; i++)
+					if (b[i] != k * 16 + r)
+						_exit(4);
+				madvise(a, len, MADV_DONTNEED);
+				madvise(b, len, MADV_DONTNEED);
+			}
+			_exit(0);
+		}
+	}
+	for (k = 0; k < 4; k++) {
+		CHECK(waitpid(pids[k], &st, 0) == pids[k], "waitpid");
+		CHECK(WIFEXITED(st) && !WEXITSTATUS(st), "process %d failed (status %#x)", k, st);
+	}
+out:
 	return rc;
 }
 
@@ -1230,6 +1386,9 @@ static const struct test tests[] = {
 	{ "race_dontneed", t_race_dontneed },
 	{ "race_fork_cow", t_race_fork_cow },
 	{ "fault_storm", t_fault_storm },
+	{ "multi_process", t_multi_process },
+	{ "teardown", t_teardown },
+	{ "reset_during_faults", t_reset_during_faults },
 	{ "ring_overflow", t_ring_overflow },
 	{ "counters", t_counters },
 };
