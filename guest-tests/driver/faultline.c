@@ -37,19 +37,27 @@
  * complete if its fence value had been written, else -EIO. Then program the
  * device again; the ring restarts at index 0, the fence counters carry on.
  *
- * Room for the MMU part: the fault vector has its handler (it only counts
- * now); a fault-ring worker and the HMM mirror (mmu_interval_notifier
- * invalidate -> INVALIDATE + FENCE through fl_submit()/fl_wait_request())
- * plug in beside the queue code and use the same reset path.
+ * Shared virtual memory (section "Shared virtual memory" below): each open
+ * file can bind a device context to its process's mm; an HMM mirror
+ * (mmu_interval_notifier) keeps the context's device page table a subset of
+ * the CPU's, and a fault worker services the device's fault ring with
+ * hmm_range_fault(). Jobs (FL_IOC_JOB) run on the process's virtual
+ * addresses.
  *
  * Locking, outermost first (each lock's rules are also written beside it in
- * struct fl_dev):
+ * struct fl_dev / struct fl_ctx):
  *   device_lock (PCI core: probe, remove, FLR) or io_rwsem (ioctls)
  *     -> excl_rwsem (queue users among the ioctls)
  *       -> reset_mutex | stats_mutex (never nested with each other)
- *         -> sq_lock (spinlock, never taken in hard-IRQ context)
- * The interrupt handlers take no lock: they use atomics, WRITE_ONCE and the
- * wait queue; the error handler's thread takes reset_mutex only.
+ *         -> fault_mutex (fault worker; fl_fr_program() under reset_mutex)
+ *           -> [mmap_lock (read) -> notifier callbacks] | ctx->lock
+ *             -> sq_lock (spinlock, never taken in hard-IRQ context)
+ * ctx->lock is also taken inside mmap_lock (write) by the invalidate
+ * callback, so nothing holding ctx->lock takes mmap_lock or allocates memory
+ * with reclaim. The callback takes io_rwsem only with a trylock. ctx_lock,
+ * orphan_lock and cancel_lock are leaf spinlocks. The interrupt handlers take
+ * no lock: they use atomics, WRITE_ONCE, the wait queue and queue_work(); the
+ * error handler's thread takes reset_mutex only.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
