@@ -1979,7 +1979,8 @@ static bool fl_fault_batch(struct fl_dev *fl)
 		}
 		fl_ctx_put(ctx);
 	}
-	if (overflow) {
+	/* Rule 3: every batch ends with a REPLAY, even one of stale entries. */
+	if (overflow || !nc) {
 		cmds[nc++] = (struct fl_cmd) {
 			.opcode = FL_OP_REPLAY,
 			.context = FL_CONTEXT_ALL,
@@ -2124,13 +2125,14 @@ static long fl_ioc_job(struct fl_file *ff, void __user *uarg)
 {
 	struct fl_dev *fl = ff->fl;
 	struct fl_completion *rec;
+	struct fl_request req;
 	struct fl_job_wait w;
 	struct fl_ioc_job a;
 	struct fl_ctx *ctx;
 	dma_addr_t rec_dma;
 	struct fl_cmd cmd;
 	u64 slen = 0, dlen = 0, cseq, t0;
-	int err, status;
+	int err, ret, status;
 
 	if (copy_from_user(&a, uarg, sizeof(a)))
 		return -EFAULT;
@@ -2174,11 +2176,19 @@ static long fl_ioc_job(struct fl_file *ff, void __user *uarg)
 	w = (struct fl_job_wait) { .rec = rec, .gen = READ_ONCE(fl->generation) };
 	t0 = ktime_get_ns();
 
+	/*
+	 * The job's record comes after its completion fence (which only says
+	 * the job started), so wait for the record first, then reap the fence.
+	 */
 	down_read(&fl->excl_rwsem);
-	err = fl_exec(fl, &cmd, 1, 0);
-	up_read(&fl->excl_rwsem);
-	if (!err || err == -EINTR)
+	err = fl_submit(fl, &cmd, 1, 0, &req);
+	if (!err) {
 		err = fl_job_wait(fl, &w, READ_ONCE(job_timeout_ms));
+		ret = fl_wait_request(fl, &req);
+		if (!err && ret && !READ_ONCE(rec->status))
+			err = ret;
+	}
+	up_read(&fl->excl_rwsem);
 	if (err == -ETIMEDOUT) {
 		/* Stuck: fail this context's stalled jobs, then wait a bit. */
 		struct fl_cmd c = { .opcode = FL_OP_CANCEL_ALL, .context = ctx->id };
