@@ -5,22 +5,23 @@
 //! `engine * lanes + lane`). A submitted job goes to one engine's FIFO with `slots` lane slots
 //! (`min(lanes requested, chunks)`); idle lanes of that engine claim the slots of the job at the head of the
 //! FIFO, so a job that asks for fewer lanes than the engine has leaves the others to the next job. A slot
-//! takes chunks in the pattern's order ([`Job::next_chunk`]) and moves each chunk page by page: translate
-//! (holding the [`Access`](faultline_mmu::Access) guard), check the job was not aborted, move at most
-//! [`MAX_SEGMENT`] bytes through vm-memory, drop the guard. A segment never crosses a page of either
-//! operand, so each byte is accessed under a translation that was valid when it was accessed.
+//! takes chunks in the pattern's order ([`Job::next_chunk`]) and moves each chunk in *windows* of at most
+//! [`MAX_SEGMENT`] bytes: pin the lane ([`Lane::pin`], one memory barrier per window), check the job was
+//! not aborted, then page by page translate (the [`Access`](faultline_mmu::Access) guard), move the bytes
+//! through vm-memory, drop the guard; unpin. A segment never crosses a page of either operand, so each byte
+//! is accessed under a translation that was valid when it was accessed.
 //!
 //! # Stalls
-//! A miss or permission failure returns from the segment, which drops every guard, and then
+//! A miss or permission failure returns from the window, which drops every guard and the pin, and then
 //! [`LaneRun::stall`]: under the *gate* mutex the lane checks that its job was not aborted and its context is
-//! still bound, and registers in the [`StallTable`]; then it posts the fault entry (outside the gate) and
-//! blocks until REPLAY (retry the access), CANCEL (`FL_JOB_CANCELLED`), UNBIND (`FL_JOB_UNBOUND`) or reset
-//! (stop; the reset writes `FL_JOB_ABORTED`). The gate closes the window between "fault seen" and
-//! "registered" against UNBIND and reset, which decide stalls under the same gate.
+//! still bound, registers in the [`StallTable`] and posts the fault entry; then, outside the gate, it blocks
+//! until REPLAY (retry the access), CANCEL (`FL_JOB_CANCELLED`), UNBIND (`FL_JOB_UNBOUND`) or reset (stop;
+//! the reset writes `FL_JOB_ABORTED`). The gate closes the window between "fault seen" and "registered and
+//! posted" against UNBIND and reset, which decide stalls under the same gate.
 //!
 //! # Invalidation
-//! INVALIDATE waits only for lanes that hold an `Access`, and a lane holding one never blocks: it only reads
-//! page tables and moves at most [`MAX_SEGMENT`] bytes. Stalled lanes hold no guard, so the command worker
+//! INVALIDATE waits only for pinned lanes, and a pinned lane never blocks: it only reads page tables and
+//! moves at most [`MAX_SEGMENT`] bytes before unpinning. Stalled lanes hold no guard, so the command worker
 //! never waits for a lane that waits for a command.
 //!
 //! # Reset and shutdown
@@ -30,9 +31,9 @@
 //! invalidation fence, Dekker's pattern), so once the reset returns no lane touches guest memory for an old
 //! job. Each job's record is written once, under the job-book lock (`Job::done`).
 //!
-//! Lock order: `effects` → `regs` → fault ring → `reset_lock` → `book` / engine queues / `gate` → stall table →
-//! `msix`; none of them is held while waiting for a pinned lane except `effects`/`regs`/`reset_lock`, which
-//! lanes never take.
+//! Lock order: `effects` → `regs` → `reset_lock` → `gate` → stall table / fault ring → `book` / engine
+//! queues → `msix`; none of them is held while waiting for a pinned lane except `effects`, `regs` and
+//! `reset_lock`, which lanes never take.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +47,7 @@ use faultline_mmu::{
 use log::{debug, warn};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap, VolatileMemory};
 
+use crate::faults::PostResult;
 use crate::jobs::{sat16, Decoded, Job, Op, QueueError, Record, FNV_OFFSET};
 use crate::mmu_glue::{slice_at, GuestPhys};
 use crate::shared::{lock, range_ok, Shared};
@@ -325,9 +327,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Reset or client disconnect: every live job completes with `FL_JOB_ABORTED`, contexts are unbound and
-    /// the TLB flushed; when this returns no lane accesses guest memory for those jobs.
+    /// Device reset: every live job completes with `FL_JOB_ABORTED`, contexts are unbound and the TLB
+    /// flushed, counters restart from 0; when this returns no lane accesses guest memory for those jobs.
     pub(crate) fn abort_all(&self, shared: &Shared) {
+        self.abort(shared);
+        let mut raw = Counters::default();
+        self.raw_counters(&mut raw);
+        *lock(&self.baseline) = raw;
+    }
+
+    /// [`Engine::abort_all`] without touching the counters.
+    fn abort(&self, shared: &Shared) {
         let _reset = lock(&self.reset_lock);
         let jobs: Vec<Arc<Job>> = lock(&self.book).live.values().cloned().collect();
         for j in &jobs {
@@ -350,15 +360,13 @@ impl Engine {
                 jobs.len()
             );
         }
-        let mut raw = Counters::default();
-        self.raw_counters(&mut raw);
-        *lock(&self.baseline) = raw;
     }
 
-    /// Shutdown: aborts everything, refuses new jobs, and tells the lane threads to exit.
+    /// Shutdown (client disconnect): aborts everything, refuses new jobs, and tells the lane threads to
+    /// exit. The counters keep their values for a final report.
     pub(crate) fn shutdown(&self, shared: &Shared) {
         lock(&self.book).closed = true;
-        self.abort_all(shared);
+        self.abort(shared);
         for q in self.queues.iter() {
             lock(&q.pending).shutdown = true;
             q.wake.notify_all();
@@ -480,22 +488,21 @@ impl LaneRun<'_> {
                 return false;
             }
             let mem = self.shared.mem.memory();
-            match self.segment(&mem, off, end, &mut hash) {
-                Ok(n) => {
-                    off += n;
-                    self.job.bytes.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(Step::Fault { va, access, reason }) => {
-                    drop(mem);
-                    if !self.stall(va, access, reason) {
-                        return false;
-                    }
-                }
-                Err(Step::Fail(status)) => {
+            let (moved, step) = self.window(&mem, off, end, &mut hash);
+            drop(mem);
+            off += moved;
+            self.job.bytes.fetch_add(moved, Ordering::Relaxed);
+            let go_on = match step {
+                None => true,
+                Some(Step::Fault { va, access, reason }) => self.stall(va, access, reason),
+                Some(Step::Fail(status)) => {
                     self.job.fail(status);
-                    return false;
+                    false
                 }
-                Err(Step::Stop) => return false,
+                Some(Step::Stop) => false,
+            };
+            if !go_on {
+                return false;
             }
         }
         if let Some(d) = usize::try_from(chunk)
@@ -521,18 +528,37 @@ impl LaneRun<'_> {
             })
     }
 
-    /// After pinning: a reset that began before the pin is seen here; one that begins after waits for the
-    /// pin to be dropped.
-    fn check_abort(&self) -> Result<(), Step> {
+    /// Moves up to [`MAX_SEGMENT`] bytes from `off` (not past `end`) under one pin of the lane: pin, check
+    /// the job was not aborted (a reset that began before the pin is seen here; one that begins after waits
+    /// for the pin), then segment after segment, each under its own translation. Returns the bytes moved and
+    /// why it stopped early, if it did. The pin is dropped before returning, so the caller may stall.
+    fn window(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        off: u64,
+        end: u64,
+        hash: &mut u64,
+    ) -> (u64, Option<Step>) {
+        let _pin = match self.lane.pin(self.job.spec.ctx) {
+            Ok(p) => p,
+            Err(e) => return (0, Some(Step::Fail(failure_status(e.job_failure())))),
+        };
         if self.job.aborted.load(Ordering::SeqCst) {
-            Err(Step::Stop)
-        } else {
-            Ok(())
+            return (0, Some(Step::Stop));
         }
+        let limit = end.min(off.saturating_add(MAX_SEGMENT));
+        let mut at = off;
+        while at < limit {
+            match self.segment(mem, at, limit, hash) {
+                Ok(n) => at += n,
+                Err(step) => return (at - off, Some(step)),
+            }
+        }
+        (at - off, None)
     }
 
-    /// Moves the bytes from `off` up to the first page boundary of any operand, `end`, or
-    /// [`MAX_SEGMENT`]; returns how many.
+    /// Moves the bytes from `off` up to the first page boundary of any operand or `end`; returns how many.
+    /// The lane is pinned ([`LaneRun::window`]).
     fn segment(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -542,14 +568,13 @@ impl LaneRun<'_> {
     ) -> Result<u64, Step> {
         let spec = self.job.spec;
         let phys = GuestPhys(mem);
-        let max = (end - off).min(MAX_SEGMENT);
+        let max = end - off;
         let dma = Step::Fail(abi::JOB_DMA_ERROR);
         let (sva, dva) = (spec.src.wrapping_add(off), spec.dst.wrapping_add(off));
         let ctx = spec.ctx;
         match spec.op {
             Op::Fill(byte) => {
                 let d = Self::translate(self.lane, ctx, dva, AccessType::Write, &phys)?;
-                self.check_abort()?;
                 let n = max.min(d.bytes_to_page_end(dva));
                 let pa = d.pa(dva);
                 let buf = &mut self.scratch[..];
@@ -566,7 +591,6 @@ impl LaneRun<'_> {
             Op::Copy => {
                 let s = Self::translate(self.lane, ctx, sva, AccessType::Read, &phys)?;
                 let d = Self::translate(self.lane, ctx, dva, AccessType::Write, &phys)?;
-                self.check_abort()?;
                 let n = max
                     .min(s.bytes_to_page_end(sva))
                     .min(d.bytes_to_page_end(dva));
@@ -583,7 +607,6 @@ impl LaneRun<'_> {
             }
             Op::Checksum => {
                 let s = Self::translate(self.lane, ctx, sva, AccessType::Read, &phys)?;
-                self.check_abort()?;
                 let n = max.min(s.bytes_to_page_end(sva));
                 let pa = s.pa(sva);
                 let buf = &mut self.scratch[..];
@@ -601,7 +624,6 @@ impl LaneRun<'_> {
             }
             Op::AtomicAdd(addend) => {
                 let d = Self::translate(self.lane, ctx, dva, AccessType::Atomic, &phys)?;
-                self.check_abort()?;
                 let n = max.min(d.bytes_to_page_end(dva));
                 let pa = d.pa(dva);
                 let mut done = 0u64;
@@ -637,7 +659,10 @@ impl LaneRun<'_> {
         let ctx = self.job.spec.ctx;
         let now = self.shared.clock.now_ns();
         let key = StallKey::new(ctx, va, access);
-        let ticket = {
+        // Registration and posting happen under the gate: a reset (which aborts jobs, then stalls, under
+        // the gate) is either entirely before (the job is seen aborted: nothing posted) or entirely after
+        // (the entry went to the ring of before the reset); never into a ring enabled after it.
+        let (ticket, posted) = {
             let _gate = lock(&eng.gate);
             if self.job.aborted.load(Ordering::SeqCst) {
                 return false;
@@ -646,26 +671,29 @@ impl LaneRun<'_> {
                 self.job.fail(abi::JOB_UNBOUND);
                 return false;
             }
-            match eng.stalls.register(self.lane, key, now) {
+            let ticket = match eng.stalls.register(self.lane, key, now) {
                 Ok(t) => t,
                 Err(e) => {
                     warn!("lane {}: cannot stall: {e}", self.lane.id());
                     self.job.fail(abi::JOB_ABORTED);
                     return false;
                 }
-            }
+            };
+            self.job.faults.fetch_add(1, Ordering::Relaxed);
+            let entry = FaultEntry {
+                va: key.page,
+                timestamp: now,
+                context: ctx,
+                lane: self.index,
+                engine: self.engine as u8,
+                access,
+                reason,
+            };
+            (ticket, self.shared.faults.post(self.shared, &entry))
         };
-        self.job.faults.fetch_add(1, Ordering::Relaxed);
-        let entry = FaultEntry {
-            va: key.page,
-            timestamp: now,
-            context: ctx,
-            lane: self.index,
-            engine: self.engine as u8,
-            access,
-            reason,
-        };
-        self.shared.faults.post(self.shared, &entry);
+        if posted == PostResult::Failed {
+            self.shared.raise_error(None, abi::ERR_FR_CONFIG, 0);
+        }
         match eng.stalls.wait(ticket) {
             StallOutcome::Replayed => {
                 self.job.replays.fetch_add(1, Ordering::Relaxed);

@@ -17,7 +17,7 @@
 //! delay) if `PUT != GET` (rule 4).
 //!
 //! If a ring write fails (the driver DMA-unmapped the ring after enabling it), the ring is disabled and the
-//! device enters the error state with `FL_ERR_FR_CONFIG`.
+//! poster makes the device enter the error state with `FL_ERR_FR_CONFIG`.
 //!
 //! Lock order (see `shared.rs`): `regs` → `state` → `msix`.
 
@@ -108,7 +108,8 @@ pub(crate) enum PostResult {
     Overflow,
     /// No ring is enabled: the fault is dropped (the lane stays stalled, as on overflow).
     NoRing,
-    /// The ring could not be written: the device entered the error state.
+    /// The ring could not be written and is now disabled; the caller must raise `FL_ERR_FR_CONFIG`
+    /// ([`Shared::raise_error`]) once it holds no engine lock.
     Failed,
 }
 
@@ -228,8 +229,6 @@ impl FaultRingHw {
             Err(gpa) => {
                 warn!("fault ring write at {gpa:#x} failed; ring disabled");
                 st.retire();
-                drop(st);
-                shared.raise_error(None, abi::ERR_FR_CONFIG, 0);
                 PostResult::Failed
             }
         }

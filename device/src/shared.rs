@@ -9,13 +9,16 @@
 //!    interrupts, MMU state changes, job submission) and around every change of the queue *generation*.
 //!    Held for one short step at a time.
 //! 2. `regs` — the register file; the worker's condition variable `wake` waits on it.
-//! 3. the fault ring (`faults.rs`) — ring state and entry writes.
-//! 4. the engine's locks (`engines.rs`: reset lock, job book, engine queues, stall gate, stall table).
-//! 5. `config` — configuration space.
-//! 6. `msix` — MSI-X table, PBA and delivery.
+//! 3. the engine's reset lock, then its stall *gate* (`engines.rs`);
+//! 4. the stall table (`faultline_mmu::StallTable`) and the fault ring (`faults.rs`);
+//! 5. the engine's job book and engine queues;
+//! 6. `config` — configuration space;
+//! 7. `msix` — MSI-X table, PBA and delivery.
 //!
-//! Lane threads take only 3, 4 and 6, never while holding a translation guard; so a reset, which holds 1
-//! and 2 while it waits for pinned lanes (`Engine::abort_all`), never waits for a lane that waits for it.
+//! Lane threads take the gate and what follows it, never while pinned (holding a translation), and
+//! `effects` only to raise `FL_ERR_FR_CONFIG` while holding nothing else. So a reset, which holds
+//! `effects` while it waits for pinned lanes (`Engine::abort_all`), never waits for a lane that waits for
+//! it: a pinned lane takes no lock and moves at most 64 KiB before unpinning.
 //!
 //! # Generations
 //!
@@ -25,8 +28,8 @@
 //! [`Shared::effects`], which takes the effects lock and checks that the generation is unchanged. So once
 //! a reset has returned, the worker can no longer write guest memory or raise an interrupt for the old
 //! queue: it either finished its write before the reset took the lock, or it sees the new generation and
-//! abandons the batch. A reset waits at most for one in-flight write of the worker (a few bytes), never
-//! for a batch.
+//! abandons the batch. A reset waits at most for one in-flight step of the worker and for pinned lanes,
+//! never for a batch or a stalled job.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};

@@ -966,3 +966,173 @@ fn device_works_again_after_reset() {
         .iter()
         .all(|&b| b == 3));
 }
+
+#[test]
+fn a_wait_jobs_fence_stuck_behind_a_stall_is_released_by_reset() {
+    let (mut h, mut pt) = setup();
+    h.run(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 1, rec(0), 0, 1)]);
+    wait_until("stall", || h.reg(abi::REG_FR_PUT) == 1);
+    // The FENCE waits for the stalled job; the REPLAY behind it cannot run (spec: queue order).
+    h.submit(&[
+        Cmd {
+            flags: abi::CMD_F_WAIT_JOBS,
+            ..Cmd::fence(SCRATCH, 1, 0)
+        },
+        Cmd::replay(0),
+    ]);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(h.read_u64(SCRATCH), 0, "the fence waits");
+    h.dev.reset();
+    assert_eq!(
+        load_u32(&h.mem, rec(0) + abi::COMPL_OFF_STATUS),
+        abi::JOB_ABORTED
+    );
+    assert_eq!(
+        h.read_u64(SCRATCH),
+        0,
+        "the old queue's fence is never written"
+    );
+    // The worker is free again: a new queue runs.
+    h.enable_msix();
+    h.start_queue(CQ_BASE, 64);
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    h.run(&[
+        Cmd::bind(0, pt.root()),
+        Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 4, rec(1), 0, 2),
+        Cmd {
+            flags: abi::CMD_F_WAIT_JOBS,
+            ..Cmd::fence(SCRATCH, 2, 0)
+        },
+    ]);
+    assert_eq!(h.read_u64(SCRATCH), 2);
+    assert_eq!(
+        load_u32(&h.mem, rec(1) + abi::COMPL_OFF_STATUS),
+        abi::JOB_OK
+    );
+}
+
+#[test]
+fn counters_survive_shutdown_for_the_final_report() {
+    let (mut h, mut pt) = setup();
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    h.run(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 1, rec(0), 0, 1)]);
+    h.wait_completion(rec(0));
+    h.dev.shutdown();
+    let stats = h.dev.stats();
+    assert_eq!(stats[abi::STAT_JOBS as usize], 1);
+    assert!(stats[abi::STAT_WALKS as usize] >= 1);
+    // Commands after shutdown are never consumed (the driver owns them).
+    h.submit(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 2, rec(1), 0, 2)]);
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(load_u32(&h.mem, rec(1) + abi::COMPL_OFF_STATUS), 0);
+}
+
+#[test]
+fn atomic_add_is_a_real_rmw_against_concurrent_cpu_atomics() {
+    use std::sync::atomic::AtomicU64;
+    use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, VolatileMemory};
+    let (mut h, mut pt) = setup();
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    write_bytes(&h.mem, DATA, &[0u8; PAGE as usize]);
+    const JOBS: u64 = 24;
+    const CPU_ROUNDS: u64 = 2000;
+    let mem = h.mem.clone();
+    let cpu = std::thread::spawn(move || {
+        let m = mem.memory();
+        let s = m.get_slice(GuestAddress(DATA), PAGE as usize).unwrap();
+        for _ in 0..CPU_ROUNDS {
+            for w in 0..(PAGE as usize / 8) {
+                s.get_atomic_ref::<AtomicU64>(w * 8)
+                    .unwrap()
+                    .fetch_add(1 << 32, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let cmds: Vec<Cmd> = (0..JOBS)
+        .map(|i| {
+            Cmd::job(
+                abi::OP_JOB_ATOMIC_ADD,
+                0,
+                0,
+                VA,
+                PAGE,
+                1,
+                rec(i),
+                a5(2, 0xff, 0, 64),
+                i,
+            )
+        })
+        .collect();
+    h.run(&cmds);
+    for i in 0..JOBS {
+        assert_eq!(h.wait_completion(rec(i)).status, abi::JOB_OK);
+    }
+    cpu.join().unwrap();
+    let words = read_bytes(&h.mem, DATA, PAGE as usize);
+    for (w, b) in words.chunks(8).enumerate() {
+        let v = u64::from_le_bytes(b.try_into().unwrap());
+        assert_eq!(v, JOBS + (CPU_ROUNDS << 32), "word {w}: an add was lost");
+    }
+}
+
+/// The driver DMA-unmaps memory the device still uses: a fault ring (the next post is FL_ERR_FR_CONFIG,
+/// the lane stays stalled until reset) and a completion record (the job completes without a record and the
+/// device goes on).
+#[test]
+fn memory_unmapped_under_the_device_is_reported_not_touched() {
+    use common::{HIGH_RAM, HIGH_RAM_SIZE};
+    use vm_memory::{GuestAddress, GuestAddressSpace};
+    let drop_high_ram = |h: &Harness| {
+        let smaller = h
+            .mem
+            .memory()
+            .remove_region(GuestAddress(HIGH_RAM), HIGH_RAM_SIZE)
+            .unwrap()
+            .0;
+        h.mem.lock().unwrap().replace(smaller);
+    };
+    // The fault ring disappears.
+    let (mut h, _pt) = setup();
+    h.set_reg(abi::REG_FR_CONTROL, 0);
+    h.program_fault_ring(HIGH_RAM, 64, 0);
+    drop_high_ram(&h);
+    h.run(&[Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 9, rec(0), 0, 1)]);
+    assert_eq!(h.wait_error(), abi::ERR_FR_CONFIG);
+    assert_eq!(h.reg(abi::REG_STATUS) & abi::STATUS_FAULT_RING_ENABLED, 0);
+    h.dev.reset();
+    assert_eq!(
+        load_u32(&h.mem, rec(0) + abi::COMPL_OFF_STATUS),
+        abi::JOB_ABORTED
+    );
+    // The completion record disappears while the job is stalled.
+    let (mut h, mut pt) = setup();
+    let mut ring = FaultReader::new(FR_BASE, 64);
+    h.run(&[Cmd::job(
+        abi::OP_JOB_FILL,
+        0,
+        0,
+        VA,
+        PAGE,
+        9,
+        HIGH_RAM,
+        0,
+        1,
+    )]);
+    wait_until("fault", || h.reg(abi::REG_FR_PUT) == 1);
+    drop_high_ram(&h);
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    ring.drain(&h.mem);
+    h.set_reg(abi::REG_FR_GET, ring.get);
+    h.run(&[
+        Cmd::replay(0),
+        Cmd {
+            flags: abi::CMD_F_WAIT_JOBS,
+            ..Cmd::fence(SCRATCH, 1, 0)
+        },
+    ]);
+    assert_eq!(h.read_u64(SCRATCH), 1, "the job completed");
+    assert!(read_bytes(&h.mem, DATA, PAGE as usize)
+        .iter()
+        .all(|&b| b == 9));
+    assert_eq!(h.reg(abi::REG_ERROR), abi::ERR_NONE);
+}
