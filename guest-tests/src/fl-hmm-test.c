@@ -3,10 +3,11 @@
  * fl-hmm-test: guest tests of the driver's HMM mirror and fault servicing,
  * modelled on the kernel's hmm-tests, plus invalidation races.
  *
- *   fl-hmm-test [-d N] [-l] [-i ITER] [TEST...]
+ *   fl-hmm-test [-d N] [-l] [-i ITER] [-s SEED] [TEST...]
  *
  * -d N uses /dev/faultlineN (default: the lowest present), -l lists the
- * tests, -i scales the race iterations (default 20). Prints "ok - NAME" or
+ * tests, -i scales the race iterations (default 20), -s seeds the fault
+ * storm's threads (default: from the clock; printed). Prints "ok - NAME" or
  * "not ok - NAME: REASON" per test, then "# N passed, M failed"; exits 0 iff
  * all passed. The device does the accesses (FL_IOC_JOB on this process's
  * virtual addresses); the CPU checks the results.
@@ -33,6 +34,7 @@
 
 static int dev_index = -1;
 static int iters = 20;
+static unsigned int storm_seed;	/* -s; default: from the clock */
 
 enum { PASS = 0, FAILED = 1, SKIP = 2 };
 
@@ -1015,9 +1017,17 @@ static void *storm_main(void *arg)
 			snprintf(why, 160, "job op %u (%zu bytes, vma %u): %s, status %llu", op, len, v,
 				 strerror(-err), (unsigned long long)j.status);
 	}
-	for (k = 0; k < STORM_VMAS && !err; k++)
-		if (memcmp(mine[k], shadow[k], slice[k]))
-			snprintf(why, 160, "final check of vma %d differs", k), err = 1;
+	for (k = 0; k < STORM_VMAS && !err; k++) {
+		size_t i, n = 0, first = 0;
+
+		for (i = 0; i < slice[k]; i++) {
+			if (mine[k][i] != shadow[k][i] && !n++)
+				first = i;
+		}
+		if (n)
+			snprintf(why, 160, "final check of vma %d: %zu bytes differ, first at %zu (%#x, want %#x)",
+				 k, n, first, mine[k][first], shadow[k][first]), err = 1;
+	}
 	for (k = 0; k < STORM_VMAS; k++)
 		free(shadow[k]);
 	if (err)
@@ -1042,7 +1052,7 @@ static void *storm_perturb(void *arg)
 			mprotect(s->scratch, s->slen, PROT_READ);
 			break;
 		case 2:
-			madvise(s->scratch + rnd(&seed, s->slen / PAGE) * PAGE, PAGE * 8,
+			madvise(s->scratch + rnd(&seed, s->slen / PAGE - 8) * PAGE, PAGE * 8,
 				MADV_DONTNEED);
 			break;
 		default:
@@ -1087,8 +1097,9 @@ static int t_fault_storm(char *why, size_t wlen)
 	fault_stats(s.fds[0], &s0);
 	t0 = fl_now_ns();
 	pthread_create(&pt, NULL, storm_perturb, &s);
+	printf("# fault_storm: seed %u\n", storm_seed);
 	for (k = 0; k < STORM_THREADS; k++) {
-		th[k] = (struct storm_thread) { .s = &s, .id = k, .seed = 1234 + k };
+		th[k] = (struct storm_thread) { .s = &s, .id = k, .seed = storm_seed + k };
 		s.why[k][0] = '\0';
 		pthread_create(&t[k], NULL, storm_main, &th[k]);
 	}
@@ -1399,7 +1410,8 @@ int main(int argc, char **argv)
 	size_t i;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	while ((opt = getopt(argc, argv, "d:li:")) != -1) {
+	storm_seed = (unsigned int)fl_now_ns();
+	while ((opt = getopt(argc, argv, "d:li:s:")) != -1) {
 		switch (opt) {
 		case 'd':
 			dev_index = atoi(optarg);
@@ -1407,12 +1419,15 @@ int main(int argc, char **argv)
 		case 'i':
 			iters = atoi(optarg);
 			break;
+		case 's':
+			storm_seed = strtoul(optarg, NULL, 0);
+			break;
 		case 'l':
 			for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++)
 				printf("%s\n", tests[i].name);
 			return 0;
 		default:
-			fprintf(stderr, "usage: %s [-d N] [-l] [-i ITER] [TEST...]\n", argv[0]);
+			fprintf(stderr, "usage: %s [-d N] [-l] [-i ITER] [-s SEED] [TEST...]\n", argv[0]);
 			return 2;
 		}
 	}
