@@ -286,7 +286,8 @@ impl Job {
             u32::from(spec.lanes)
         };
         let slots = u64::from(want.max(1)).min(n_chunks.max(1)) as u32;
-        let digests = if spec.op == Op::Checksum {
+        // Only a job that runs needs digests (an invalid one may claim 2^48 chunks).
+        let digests = if spec.op == Op::Checksum && engine.is_some() {
             (0..n_chunks).map(|_| AtomicU64::new(0)).collect()
         } else {
             Box::default()

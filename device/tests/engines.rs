@@ -1136,3 +1136,30 @@ fn memory_unmapped_under_the_device_is_reported_not_touched() {
         .all(|&b| b == 9));
     assert_eq!(h.reg(abi::REG_ERROR), abi::ERR_NONE);
 }
+
+#[test]
+fn huge_invalid_jobs_complete_without_running() {
+    let (mut h, _pt) = setup();
+    h.run(&[
+        // 2^40 chunks of one byte: over the checksum chunk limit.
+        Cmd::job(
+            abi::OP_JOB_CHECKSUM,
+            0,
+            0,
+            0,
+            1 << 40,
+            0,
+            rec(0),
+            a5(0, 0, 0, 1),
+            1,
+        ),
+        // A zero-length job completes at once.
+        Cmd::job(abi::OP_JOB_CHECKSUM, 0, VA, 0, 0, 0, rec(1), 0, 2),
+    ]);
+    assert_eq!(h.wait_completion(rec(0)).status, abi::JOB_INVALID);
+    let c = h.wait_completion(rec(1));
+    assert_eq!(
+        (c.status, c.bytes, c.result),
+        (abi::JOB_OK, 0, job_checksum(&[], 0))
+    );
+}
