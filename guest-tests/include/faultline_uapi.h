@@ -167,4 +167,123 @@ struct fl_ioc_stats {
 #define FL_IOC_RESET	_IOWR(FL_IOC_MAGIC, 0x03, struct fl_ioc_reset)
 #define FL_IOC_STATS	_IOWR(FL_IOC_MAGIC, 0x04, struct fl_ioc_stats)
 
+/*
+ * ---------------------------------------------------------------------------
+ * Shared virtual memory: the device mirrors the calling process's address
+ * space (HMM). One device context per open file, bound to the mm of the
+ * process that called FL_IOC_BIND (or the first FL_IOC_JOB). Jobs use that
+ * process's virtual addresses; the device faults and the driver services the
+ * faults with hmm_range_fault(). Calls from another mm get -EINVAL.
+ */
+
+/* FL_IOC_BIND: bind this file to the caller's address space (idempotent). */
+struct fl_ioc_bind {
+	__u64 context;		/* out: device context id */
+	__u64 generation;	/* out: device generation the binding was made in */
+	__u64 reserved[4];	/* in: zero */
+};
+
+/* fl_ioc_job.op */
+#define FL_JOBOP_FILL		1	/* dst[0..len) = low byte of value */
+#define FL_JOBOP_COPY		2	/* dst[0..len) = src[0..len) */
+#define FL_JOBOP_CHECKSUM	3	/* result = FNV-1a 64 of src[0..len) */
+#define FL_JOBOP_ATOMIC_ADD	4	/* each u64 of dst += value; result = words */
+
+/* fl_ioc_job.pattern: chunk order among lanes (FL_PAT_* of the device) */
+#define FL_JOBPAT_SEQ		0
+#define FL_JOBPAT_STRIDED	1
+#define FL_JOBPAT_RANDOM	2
+
+#define FL_JOB_ENGINE_ANY	0xff
+
+/* fl_ioc_job.status (device FL_JOB_* values) */
+#define FL_JOBST_OK		1
+#define FL_JOBST_CANCELLED	2	/* a fault could not be serviced (errno EFAULT/EPERM) */
+#define FL_JOBST_DMA_ERROR	3
+#define FL_JOBST_PT_ERROR	4
+#define FL_JOBST_INVALID	5
+#define FL_JOBST_UNBOUND	6	/* context unbound (device reset): EIO */
+#define FL_JOBST_ABORTED	7	/* device reset: EIO */
+
+/*
+ * FL_IOC_JOB: run one device job on the caller's virtual addresses and wait
+ * for it (interruptible; bounded by the job_timeout_ms module parameter, after
+ * which the context's stalled jobs are cancelled and -ETIMEDOUT returned).
+ * Returns 0 for FL_JOBST_OK; -EFAULT if a fault was cancelled because the
+ * address is not mapped or not accessible (PROT_NONE); -EPERM if a write or
+ * atomic fault hit a mapping without write permission; -EIO if the job was
+ * aborted by a reset; -EINVAL for bad arguments. The out fields are written in
+ * every case where the job ran.
+ */
+struct fl_ioc_job {
+	__u64 op;		/* in: FL_JOBOP_* */
+	__u64 src;		/* in: source VA (COPY, CHECKSUM) */
+	__u64 dst;		/* in: destination VA (FILL, COPY, ATOMIC_ADD) */
+	__u64 len;		/* in: bytes (ATOMIC_ADD: multiple of 8, dst 8-aligned) */
+	__u64 value;		/* in: FILL byte / ATOMIC_ADD addend */
+	__u64 pattern;		/* in: FL_JOBPAT_* */
+	__u64 engine;		/* in: engine index, or FL_JOB_ENGINE_ANY */
+	__u64 lanes;		/* in: lanes to use, 0 = all of the engine's */
+	__u64 chunk;		/* in: chunk bytes, 0 = 4096 */
+	__u64 flags;		/* in: zero (reserved for FL_JOB_F_*) */
+	__u64 status;		/* out: FL_JOBST_* */
+	__u64 bytes;		/* out: bytes processed */
+	__u64 result;		/* out: checksum / words */
+	__u64 faults;		/* out: faults the job took (device count, saturating 16 bit) */
+	__u64 replays;		/* out: replays the job waited for (saturating 16 bit) */
+	__u64 elapsed_ns;	/* out: doorbell to completion seen by the waiter */
+	__u64 context;		/* out: device context */
+	__u64 reserved[5];	/* in: zero */
+};
+
+/*
+ * FL_IOC_FAULT_STATS: the driver's fault-servicing counters for this device
+ * (since probe; all processes). Snapshot before and after to get deltas.
+ */
+struct fl_ioc_fault_stats {
+	__u64 faults;		/* fault-ring entries consumed */
+	__u64 batches;		/* batches serviced (each ends with REPLAY) */
+	__u64 duplicates;	/* entries merged into another of the batch, or already mapped */
+	__u64 windows;		/* hmm_range_fault windows */
+	__u64 retries;		/* window retries (-EBUSY or an invalidation collided) */
+	__u64 retry_timeouts;	/* windows given up after HMM_RANGE_DEFAULT_TIMEOUT (left to replay) */
+	__u64 cancels;		/* CANCEL commands issued */
+	__u64 invalidations;	/* INVALIDATE(_ALL) commands issued (notifier + upgrades) */
+	__u64 replays;		/* REPLAY commands issued */
+	__u64 overflows;	/* fault-ring overflows seen in the writeback block */
+	__u64 pages_mapped;	/* 4 KiB device PTEs written */
+	__u64 huge_mapped;	/* 2 MiB device PTEs written */
+	__u64 upgrades;		/* valid PTEs changed (permission upgrades) */
+	__u64 notifier_calls;	/* mmu_interval_notifier invalidate callbacks */
+	__u64 notifier_clears;	/* of those, callbacks that cleared device PTEs */
+	__u64 notifier_busy;	/* non-blockable callbacks refused */
+	__u64 worker_runs;	/* fault work-item runs */
+	__u64 irqs;		/* FL_VEC_FAULT interrupts */
+	__u64 stale;		/* entries for contexts no longer bound (ignored) */
+	__u64 contexts;		/* contexts bound now */
+	__u64 reserved[12];
+};
+
+/* fl_ioc_snapshot bytes, one per 4 KiB page: the device PTE now */
+#define FL_SNAP_VALID	(1 << 0)
+#define FL_SNAP_READ	(1 << 1)
+#define FL_SNAP_WRITE	(1 << 2)
+#define FL_SNAP_ATOMIC	(1 << 3)
+#define FL_SNAP_HUGE	(1 << 4)	/* mapped by a 2 MiB device PTE */
+
+/* FL_IOC_SNAPSHOT: this file's device page table for [addr, addr + npages * 4096). */
+struct fl_ioc_snapshot {
+	__u64 addr;		/* in: page-aligned VA */
+	__u64 npages;		/* in: pages (at most 1 << 20) */
+	__u64 ptr;		/* in: user buffer of npages bytes (FL_SNAP_*) */
+	__u64 valid;		/* out: pages with a valid device PTE */
+	__u64 huge;		/* out: of those, mapped by 2 MiB PTEs */
+	__u64 reserved[3];	/* in: zero */
+};
+
+#define FL_IOC_BIND		_IOWR(FL_IOC_MAGIC, 0x05, struct fl_ioc_bind)
+#define FL_IOC_JOB		_IOWR(FL_IOC_MAGIC, 0x06, struct fl_ioc_job)
+#define FL_IOC_FAULT_STATS	_IOWR(FL_IOC_MAGIC, 0x07, struct fl_ioc_fault_stats)
+#define FL_IOC_SNAPSHOT		_IOWR(FL_IOC_MAGIC, 0x08, struct fl_ioc_snapshot)
+
 #endif /* FAULTLINE_UAPI_H */

@@ -141,3 +141,52 @@ double fl_mean(const uint64_t *v, size_t n)
 		sum += (double)v[i];
 	return n ? sum / (double)n : 0;
 }
+
+uint64_t fl_fnv1a(uint64_t h, const void *p, size_t len)
+{
+	const unsigned char *b = p;
+
+	while (len--) {
+		h ^= *b++;
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+uint64_t fl_checksum(const void *p, size_t len, size_t chunk)
+{
+	const unsigned char *b = p;
+	uint64_t h = FL_FNV_OFFSET;
+
+	if (!chunk)
+		chunk = 4096;
+	while (len) {
+		size_t n = len < chunk ? len : chunk;
+		uint64_t d = fl_fnv1a(FL_FNV_OFFSET, b, n);
+		unsigned char le[8];
+		int i;
+
+		for (i = 0; i < 8; i++)
+			le[i] = (unsigned char)(d >> (8 * i));
+		h = fl_fnv1a(h, le, 8);
+		b += n;
+		len -= n;
+	}
+	return h;
+}
+
+int fl_job(int fd, struct fl_ioc_job *job, unsigned int op, uint64_t src,
+	   uint64_t dst, uint64_t len, uint64_t value, unsigned int lanes,
+	   unsigned int pattern)
+{
+	memset(job, 0, sizeof(*job));
+	job->op = op;
+	job->src = src;
+	job->dst = dst;
+	job->len = len;
+	job->value = value;
+	job->lanes = lanes;
+	job->pattern = pattern;
+	job->engine = FL_JOB_ENGINE_ANY;
+	return fl_ioctl(fd, FL_IOC_JOB, job);
+}

@@ -42,4 +42,24 @@ uint64_t fl_percentile(const uint64_t *sorted, size_t n, unsigned int p);
 /* Mean of an array; 0 if empty. */
 double fl_mean(const uint64_t *v, size_t n);
 
+/* FNV-1a 64 of @len bytes, continuing from @h (start with FL_FNV_OFFSET). */
+#define FL_FNV_OFFSET 0xcbf29ce484222325ull
+uint64_t fl_fnv1a(uint64_t h, const void *p, size_t len);
+
+/*
+ * The device's CHECKSUM result (device/src/jobs.rs: FNV-1a 64 cannot be
+ * computed by lanes in any order, so the device hashes each chunk and returns
+ * the FNV-1a 64 of the chunks' digests, 8 little-endian bytes each, in address
+ * order). @chunk 0 means 4096, as for the job.
+ */
+uint64_t fl_checksum(const void *p, size_t len, size_t chunk);
+
+/*
+ * FL_IOC_JOB: fills *job (op, src, dst, len, value, lanes, pattern; the rest
+ * zero) and runs it. Returns 0 or -errno; *job has the results.
+ */
+int fl_job(int fd, struct fl_ioc_job *job, unsigned int op, uint64_t src,
+	   uint64_t dst, uint64_t len, uint64_t value, unsigned int lanes,
+	   unsigned int pattern);
+
 #endif /* FL_COMMON_H */
