@@ -286,6 +286,12 @@ impl Device {
         self.shared.counters().to_vec()
     }
 
+    /// The same counters summed over the device's whole life (resets clear [`Device::stats`], not these):
+    /// what the server logs when its client leaves. The ring high-water mark is the maximum.
+    pub fn session_stats(&self) -> Vec<u64> {
+        self.shared.session_counters().to_vec()
+    }
+
     /// Number of region accesses refused for their width or alignment.
     pub fn bad_accesses(&self) -> u64 {
         self.shared.bad_accesses.load(Ordering::Relaxed)

@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Region accesses refused for their width or alignment.
     pub bad_accesses: AtomicU64,
+    /// Counters of the periods before earlier resets, for [`Shared::session_counters`].
+    pub retired: Mutex<[u64; abi::STAT_COUNT as usize]>,
     /// Time since creation or reset (fault timestamps, moderation).
     pub clock: Clock,
     /// The fault ring.
@@ -143,6 +145,7 @@ impl Shared {
             msix: Mutex::new(msix),
             stats: Stats::new(),
             bad_accesses: AtomicU64::new(0),
+            retired: Mutex::new([0; abi::STAT_COUNT as usize]),
             clock: Clock::new(),
             faults: FaultRingHw::default(),
             engine,
@@ -160,6 +163,14 @@ impl Shared {
         self.engine.add_counters(&mut c);
         self.faults.add_counters(&mut c);
         c.to_array()
+    }
+
+    /// The counters since the device was created: what resets cleared plus what is counted now. The ring
+    /// high-water mark is the maximum over the periods, every other counter the sum.
+    pub(crate) fn session_counters(&self) -> [u64; abi::STAT_COUNT as usize] {
+        let now = self.counters();
+        let retired = lock(&self.retired);
+        merge_counters(&retired, &now)
     }
 
     /// Reads a BAR0 register.
@@ -193,6 +204,7 @@ impl Shared {
     /// Everything a reset of any kind does besides configuration space and MSI-X: new generation, registers
     /// and counters to defaults, fault ring disabled, clock restarted, jobs aborted, contexts unbound.
     fn reset_device(&self, fx: &Effects<'_>) {
+        let before = self.counters();
         let mut regs = lock(&self.regs);
         self.bump(fx, &mut regs);
         regs.reset();
@@ -201,6 +213,8 @@ impl Shared {
         self.stats.clear();
         drop(regs);
         self.engine.abort_all(self);
+        let mut retired = lock(&self.retired);
+        *retired = merge_counters(&retired, &before);
     }
 
     /// `FL_CTRL_RESET`: queues disabled, registers and counters to defaults, jobs aborted, worker idle.
@@ -496,4 +510,18 @@ mod tests {
         assert!(!wb_ok(&mem, 0xffe0));
         assert!(!wb_ok(&mem, 0x10000));
     }
+}
+
+/// Combines the counters of two periods: the ring high-water mark is the maximum, the rest add up.
+fn merge_counters(
+    a: &[u64; abi::STAT_COUNT as usize],
+    b: &[u64; abi::STAT_COUNT as usize],
+) -> [u64; abi::STAT_COUNT as usize] {
+    std::array::from_fn(|i| {
+        if i == abi::STAT_RING_HIGH_WATER as usize {
+            a[i].max(b[i])
+        } else {
+            a[i].saturating_add(b[i])
+        }
+    })
 }

@@ -481,3 +481,28 @@ fn ring_unmapped_after_enable_is_cq_dma() {
     assert_eq!(h.reg(abi::REG_ERROR_INFO), 1);
     assert_eq!(h.wb_error(), abi::ERR_CQ_DMA);
 }
+
+#[test]
+fn session_stats_survive_resets_that_clear_stats() {
+    let mut h = setup(16);
+    h.submit(&[Cmd::nop(), Cmd::nop(), Cmd::nop()]);
+    h.drain();
+    assert_eq!(h.dev.stats()[abi::STAT_COMMANDS as usize], 3);
+    h.dev.reset();
+    assert_eq!(
+        h.dev.stats()[abi::STAT_COMMANDS as usize],
+        0,
+        "reset clears the guest-visible counters"
+    );
+    assert_eq!(
+        h.dev.session_stats()[abi::STAT_COMMANDS as usize],
+        3,
+        "the session keeps them"
+    );
+    h.enable_msix();
+    h.start_queue(CQ_BASE, 16);
+    h.submit(&[Cmd::nop(), Cmd::nop()]);
+    h.drain();
+    assert_eq!(h.dev.stats()[abi::STAT_COMMANDS as usize], 2);
+    assert_eq!(h.dev.session_stats()[abi::STAT_COMMANDS as usize], 5);
+}

@@ -17,7 +17,7 @@ pub trait DeviceBackend {
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), AccessError>;
     /// Resets the device.
     fn reset(&self);
-    /// Device counters (`FL_STAT_*` order).
+    /// Device counters (`FL_STAT_*` order) summed over the session, across guest resets.
     fn stats(&self) -> Vec<u64>;
     /// Stops all device work; the device is not used afterwards.
     fn shutdown(&self);
@@ -55,7 +55,7 @@ impl DeviceBackend for Device {
         Device::reset(self)
     }
     fn stats(&self) -> Vec<u64> {
-        Device::stats(self)
+        Device::session_stats(self)
     }
     fn shutdown(&self) {
         Device::shutdown(self)
