@@ -484,6 +484,20 @@ impl Shared {
     }
 }
 
+/// Combines the counters of two periods: the ring high-water mark is the maximum, the rest add up.
+fn merge_counters(
+    a: &[u64; abi::STAT_COUNT as usize],
+    b: &[u64; abi::STAT_COUNT as usize],
+) -> [u64; abi::STAT_COUNT as usize] {
+    std::array::from_fn(|i| {
+        if i == abi::STAT_RING_HIGH_WATER as usize {
+            a[i].max(b[i])
+        } else {
+            a[i].saturating_add(b[i])
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,18 +524,20 @@ mod tests {
         assert!(!wb_ok(&mem, 0xffe0));
         assert!(!wb_ok(&mem, 0x10000));
     }
-}
 
-/// Combines the counters of two periods: the ring high-water mark is the maximum, the rest add up.
-fn merge_counters(
-    a: &[u64; abi::STAT_COUNT as usize],
-    b: &[u64; abi::STAT_COUNT as usize],
-) -> [u64; abi::STAT_COUNT as usize] {
-    std::array::from_fn(|i| {
-        if i == abi::STAT_RING_HIGH_WATER as usize {
-            a[i].max(b[i])
-        } else {
-            a[i].saturating_add(b[i])
-        }
-    })
+    #[test]
+    fn merged_counters_add_up_except_the_high_water_mark() {
+        let mut a = [0u64; abi::STAT_COUNT as usize];
+        let mut b = [0u64; abi::STAT_COUNT as usize];
+        a[abi::STAT_COMMANDS as usize] = 3;
+        b[abi::STAT_COMMANDS as usize] = 4;
+        a[abi::STAT_RING_HIGH_WATER as usize] = 7;
+        b[abi::STAT_RING_HIGH_WATER as usize] = 5;
+        b[abi::STAT_JOBS as usize] = u64::MAX;
+        a[abi::STAT_JOBS as usize] = 1;
+        let m = merge_counters(&a, &b);
+        assert_eq!(m[abi::STAT_COMMANDS as usize], 7);
+        assert_eq!(m[abi::STAT_RING_HIGH_WATER as usize], 7);
+        assert_eq!(m[abi::STAT_JOBS as usize], u64::MAX);
+    }
 }
