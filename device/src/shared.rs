@@ -381,20 +381,7 @@ impl Shared {
                 }
                 let mem = self.mem.memory();
                 let (base, size, wb) = (regs.cq_base, regs.cq_size, regs.wb);
-                let code = if !ring_ok(
-                    &mem,
-                    base,
-                    size,
-                    abi::CMD_SIZE,
-                    abi::CQ_MIN_ENTRIES,
-                    abi::CQ_MAX_ENTRIES,
-                ) {
-                    abi::ERR_CQ_CONFIG
-                } else if !wb_ok(&mem, wb) {
-                    abi::ERR_WB_CONFIG
-                } else {
-                    abi::ERR_NONE
-                };
+                let code = ring_config_error(&mem, base, size, wb, &CQ_RING);
                 if code != abi::ERR_NONE {
                     drop(regs);
                     warn!("CQ enable: base {base:#x} size {size} writeback {wb:#x} rejected");
@@ -449,20 +436,7 @@ impl Shared {
                 }
                 let mem = self.mem.memory();
                 let (base, size, wb) = (regs.fr_base, regs.fr_size, regs.wb);
-                let code = if !ring_ok(
-                    &mem,
-                    base,
-                    size,
-                    abi::FAULT_SIZE,
-                    abi::FR_MIN_ENTRIES,
-                    abi::FR_MAX_ENTRIES,
-                ) {
-                    abi::ERR_FR_CONFIG
-                } else if !wb_ok(&mem, wb) {
-                    abi::ERR_WB_CONFIG
-                } else {
-                    abi::ERR_NONE
-                };
+                let code = ring_config_error(&mem, base, size, wb, &FAULT_RING);
                 if code != abi::ERR_NONE {
                     drop(regs);
                     warn!(
@@ -481,6 +455,42 @@ impl Shared {
             }
             _ => {}
         }
+    }
+}
+
+/// The geometry rules of one guest-memory ring and the error its misconfiguration reports.
+struct RingKind {
+    entry: u64,
+    min: u32,
+    max: u32,
+    error: u32,
+}
+
+/// The command queue's rules (spec section 4).
+const CQ_RING: RingKind = RingKind {
+    entry: abi::CMD_SIZE,
+    min: abi::CQ_MIN_ENTRIES,
+    max: abi::CQ_MAX_ENTRIES,
+    error: abi::ERR_CQ_CONFIG,
+};
+
+/// The fault ring's rules (spec section 5).
+const FAULT_RING: RingKind = RingKind {
+    entry: abi::FAULT_SIZE,
+    min: abi::FR_MIN_ENTRIES,
+    max: abi::FR_MAX_ENTRIES,
+    error: abi::ERR_FR_CONFIG,
+};
+
+/// The error enabling a ring of `kind` at `base` with `size` entries and writeback block `wb` reports, or
+/// `ERR_NONE` when both lie in guest memory with valid geometry.
+fn ring_config_error(mem: &GuestMemoryMmap, base: u64, size: u32, wb: u64, kind: &RingKind) -> u32 {
+    if !ring_ok(mem, base, size, kind.entry, kind.min, kind.max) {
+        kind.error
+    } else if !wb_ok(mem, wb) {
+        abi::ERR_WB_CONFIG
+    } else {
+        abi::ERR_NONE
     }
 }
 
