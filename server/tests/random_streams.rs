@@ -115,7 +115,7 @@ struct Harness {
     /// Open descriptors of the idle server.
     baseline: usize,
     /// Bytes of the log already scanned for panics.
-    log_seen: usize,
+    log_seen: u64,
 }
 
 impl Harness {
@@ -182,18 +182,29 @@ impl Harness {
                 list_fds(pid)
             )));
         }
-        let log = self.server.log_text();
-        let new = log.get(self.log_seen..).unwrap_or_default();
-        if let Some(at) = new.find("panicked") {
-            let from = at.saturating_sub(2000);
-            let from = (from..at).find(|&i| new.is_char_boundary(i)).unwrap_or(at);
+        let new = self.new_log();
+        if let Some(at) = new.windows(8).position(|w| w == b"panicked") {
+            let window = &new[at.saturating_sub(2000)..(at + 2000).min(new.len())];
             return Err(fail(format!(
                 "server logged a panic:\n{}",
-                &new[from..(at + 2000).min(new.len())]
+                String::from_utf8_lossy(window)
             )));
         }
-        self.log_seen = log.len();
         Ok(())
+    }
+
+    /// What the server logged since the last call (a few bytes more, so no word is split).
+    fn new_log(&mut self) -> Vec<u8> {
+        use std::io::{Seek, SeekFrom};
+        let from = self.log_seen.saturating_sub(16);
+        let mut new = Vec::new();
+        if let Ok(mut f) = File::open(&self.server.log) {
+            if f.seek(SeekFrom::Start(from)).is_ok() {
+                let _ = f.read_to_end(&mut new);
+            }
+        }
+        self.log_seen = from + new.len() as u64;
+        new
     }
 }
 
