@@ -28,7 +28,7 @@
 //! checks that exactly the predicted replies arrive, in order, with the request's id and command
 //! (a DEVICE_GET_INFO appended to every stream checks the connection is still in sync).
 //!
-//! Case counts: the defaults (2688 cases in all) take about 10 s in release on two cores (20 s in
+//! Case counts: the defaults (1344 cases in all) take about 15 s in release on two cores (25 s in
 //! a debug build); `PROPTEST_CASES=N` sets every property's count. Failing inputs are saved in
 //! `random_streams.proptest-regressions` and replayed first. Every wait is bounded and fails with
 //! a message; nothing is timed.
@@ -1010,7 +1010,7 @@ fn msg() -> impl Strategy<Value = Msg> {
 fn random_message_sequences() {
     run_property(
         "rnd-msgs",
-        768,
+        384,
         prop::collection::vec(msg(), 1..32),
         |h, msgs| {
             let mut chunks = vec![Chunk {
@@ -1036,7 +1036,7 @@ fn random_byte_streams() {
     );
     run_property(
         "rnd-bytes",
-        384,
+        192,
         strategy,
         |h, (version_first, bytes, pieces)| {
             let mut chunks = Vec::new();
@@ -1338,7 +1338,7 @@ fn split_valid_messages() {
         ),
         prop::collection::vec(any::<Index>(), 0..24),
     );
-    run_property("split", 512, strategy, |h, (ops, cuts)| {
+    run_property("split", 256, strategy, |h, (ops, cuts)| {
         let mut model = ValidModel::default();
         let mut eventfds = Vec::new();
         let mut bytes = message(1, VERSION, 0, &version_payload(0, 0, QEMU_CAPS));
@@ -1694,7 +1694,7 @@ fn run_region_op(c: &mut Raw, sizes: &[u64; 9], op: &RegionOp) -> CaseResult {
 fn region_access_sweep() {
     run_property(
         "regions",
-        512,
+        256,
         prop::collection::vec(region_op(), 1..40),
         |h, ops| {
             let mut c = h.server.connect();
@@ -2270,7 +2270,7 @@ fn run_fences(c: &mut Raw, m: &DmaModel, ring: Index, targets: &[Fence]) -> Case
 fn dma_map_unmap_model() {
     run_property(
         "dma",
-        512,
+        256,
         prop::collection::vec(dma_op(), 1..40),
         |h, ops| {
             let mut c = h.server.connect();
