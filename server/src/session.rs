@@ -503,6 +503,9 @@ impl Session {
                 )));
             }
             self.check_access(&a, true)?;
+            self.device
+                .check_width(a.region, a.offset, a.count as usize)
+                .map_err(RequestError::Access)?;
             let data = &e[REGION_ACCESS_SIZE..REGION_ACCESS_SIZE + a.count as usize];
             writes.push((a, data));
         }

@@ -610,6 +610,12 @@ fn region_write_multi() {
     bad.extend(entry(abi::BAR0_SIZE, BAR0, 4, 0));
     c.expect_errno(REGION_WRITE_MULTI, &bad, &[], libc::EINVAL);
     c.expect_errno(REGION_WRITE_MULTI, &0u64.to_ne_bytes(), &[], libc::EINVAL);
+    // A BAR0 entry of the wrong width is refused before any entry is written.
+    let mut bad = 2u64.to_ne_bytes().to_vec();
+    bad.extend(entry(abi::REG_WB_LO, BAR0, 4, 0x3340));
+    bad.extend(entry(abi::REG_WB_HI, BAR0, 2, 0));
+    c.expect_errno(REGION_WRITE_MULTI, &bad, &[], libc::EFAULT);
+    assert_eq!(c.read32(BAR0, abi::REG_WB_LO), 0x2240, "nothing written");
     assert_in_sync(&mut c);
     drop(c);
     server.assert_serves_new_client();
