@@ -1,0 +1,511 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+#ifndef FAULTLINE_DRV_H
+#define FAULTLINE_DRV_H
+/*
+ * faultline: guest driver for the faultline GPU-like PCI device.
+ *
+ * Files (one concern each; this header holds the shared structures, the
+ * lock order and the cross-file interfaces):
+ *   main.c       module parameters, probe, remove, FLR, open/release, ioctl
+ *                dispatch, FL_IOC_INFO
+ *   queue.c      command submission, waits, reset and quiesce, interrupts,
+ *                fl_exec() and fl_stop_translations()
+ *   pagetable.c  the device page table of a context
+ *   ctx.c        contexts, their binding, the mmu_interval_notifier mirror
+ *   fault.c      fault-ring servicing: batches, windows, hmm_range_fault()
+ *   job.c        FL_IOC_JOB and the shared-virtual-memory ioctls
+ *   testioc.c    the test-only ioctls: SUBMIT with its checks, FENCE, RESET,
+ *                STATS
+ *
+ * The device is described in docs/device-spec.md; its registers, commands and
+ * structures come from faultline_abi.h. The driver owns, per device, a command
+ * queue and an auxiliary page (writeback block, fence slots, STATS buffer) in
+ * DMA-coherent memory, three MSI-X vectors, and a misc character device
+ * /dev/faultlineN whose ioctls (faultline_uapi.h) the guest tests use.
+ *
+ * Hot paths never read BAR0 (a read is a 40-75 us round trip to the server
+ * under TCG): submission writes ring entries and one posted doorbell;
+ * completion is read from the writeback block and the fence slots in guest
+ * memory. Registers are read only at probe, on (re-)initialisation and when
+ * the error interrupt is explained.
+ *
+ * Completion. Every submission (fl_submit()) is one chunk of at most
+ * chunk_max ring slots (half the ring, at most FL_CHUNK_LIMIT) closed by a
+ * completion FENCE writing the next value of a per-device counter to fence
+ * slot FL_SLOT_DONE. Commands execute in order, so that slot only grows and a
+ * request is complete once the slot reaches its fence value. A waiter asking
+ * for an interrupt waits until the FL_VEC_QUEUE handler has seen its value
+ * (fl->irq_fence); others poll the slot.
+ *
+ * Queue full. A submitter that finds too little room sleeps until the
+ * writeback head advances. A completion fence carries FL_CMD_F_IRQ when asked
+ * to, and always when the ring is at least half full after the chunk. A
+ * waiter needs at most half the ring, so it waits only while more than half
+ * is in use; then the latest chunk was written with the ring more than half
+ * full and raises an interrupt when it completes, at which point the ring is
+ * empty. So a full queue always ends in an interrupt that wakes the waiter.
+ * The waiter also re-checks every millisecond, which covers a lost interrupt.
+ *
+ * Reset (FL_IOC_RESET, PCI FLR, error recovery): stop submissions, reset the
+ * device and make sure the server has processed the reset (a register read
+ * follows every earlier posted write), then settle every outstanding request:
+ * complete if its fence value had been written, else -EIO. Then program the
+ * device again; the ring restarts at index 0, the fence counters carry on.
+ *
+ * Shared virtual memory ("Shared virtual memory" below, ctx.c, fault.c): each open
+ * file can bind a device context to its process's mm; an HMM mirror
+ * (mmu_interval_notifier) keeps the context's device page table a subset of
+ * the CPU's, and a fault worker services the device's fault ring with
+ * hmm_range_fault(). Jobs (FL_IOC_JOB) run on the process's virtual
+ * addresses.
+ *
+ * Locking, outermost first (each lock's rules are also written beside it in
+ * struct fl_dev / struct fl_ctx):
+ *   device_lock (PCI core: probe, remove, FLR) or io_rwsem (ioctls)
+ *     -> excl_rwsem (queue users among the ioctls)
+ *       -> reset_mutex | stats_mutex (never nested with each other)
+ *         -> fault_mutex (fault worker; fl_fr_program() under reset_mutex)
+ *           -> [mmap_lock (read) -> notifier callbacks] | ctx->lock
+ *             -> sq_lock (spinlock, never taken in hard-IRQ context)
+ * ctx->lock is also taken inside mmap_lock (write) by the invalidate
+ * callback, so nothing holding ctx->lock takes mmap_lock or allocates memory
+ * with reclaim. The callback takes io_rwsem only with a trylock. ctx_lock,
+ * orphan_lock and cancel_lock are leaf spinlocks. The interrupt handlers take
+ * no lock: they use atomics, WRITE_ONCE, the wait queue and queue_work(); the
+ * error handler's thread takes reset_mutex only.
+ */
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/atomic.h>
+#include <linux/bitops.h>
+#include <linux/delay.h>
+#include <linux/dma-mapping.h>
+#include <linux/dmapool.h>
+#include <linux/hmm.h>
+#include <linux/idr.h>
+#include <linux/interrupt.h>
+#include <linux/io.h>
+#include <linux/iommu.h>
+#include <linux/kref.h>
+#include <linux/ktime.h>
+#include <linux/list.h>
+#include <linux/log2.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/pci.h>
+#include <linux/rwsem.h>
+#include <linux/sched/mm.h>
+#include <linux/sizes.h>
+#include <linux/slab.h>
+#include <linux/sort.h>
+#include <linux/spinlock.h>
+#include <linux/uaccess.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "faultline_abi.h"
+#include "faultline_uapi.h"
+
+#ifndef __LITTLE_ENDIAN
+#error "the device's structures are little-endian and used as native here"
+#endif
+
+/* Module parameters (main.c). */
+extern unsigned int fl_cq_entries;
+extern unsigned int fl_timeout_ms;
+extern unsigned int fl_fr_entries;
+extern unsigned int fl_fr_irq_delay_us;
+extern unsigned int fl_fault_batch_max;
+extern bool fl_fault_prefetch;
+extern unsigned int fl_job_timeout_ms;
+
+/* Layout of the auxiliary DMA page. */
+#define FL_AUX_SIZE		SZ_4K
+#define FL_AUX_WB		0x000	/* writeback block, FL_WB_SIZE bytes */
+#define FL_AUX_FENCES		0x040	/* fence slots, u64 each */
+#define FL_NR_FENCE_SLOTS	8
+#define FL_AUX_STATS		0x800	/* FL_OP_STATS buffer */
+#define FL_STATS_BYTES		(FL_STAT_COUNT * sizeof(u64))
+
+#define FL_SLOT_DONE		0	/* completion fences of fl_submit() */
+#define FL_SLOT_ORDER		1	/* order fences of FL_IOC_SUBMIT */
+
+#define FL_CQ_MIN_DRIVER	4	/* chunk_max >= 2: one command and its fence */
+#define FL_CHUNK_LIMIT		512	/* ring slots per chunk */
+#define FL_POLL_NS		(50 * NSEC_PER_USEC)	/* fence polling without interrupt */
+#define FL_SPACE_POLL_NS	NSEC_PER_MSEC		/* queue-full re-check */
+#define FL_WB_SETTLE_MS		100	/* writeback catching up with a seen fence */
+#define FL_SUBMIT_MAX		BIT_ULL(26)
+#define FL_OP_INVALID		0xff	/* no FL_OP_* has this value */
+
+/* fl_submit() flags */
+#define FLS_IRQ			BIT(0)	/* completion fence interrupts; wait for it */
+#define FLS_ORDER		BIT(1)	/* number FENCEs aimed at FL_SLOT_ORDER */
+#define FLS_HOLD		BIT(2)	/* no doorbell: the next submission's rings it */
+#define FLS_NOINTR		BIT(3)	/* waits (space, completion) ignore signals */
+
+/* fl_dev.flags bits (atomic bitops, set from any context) */
+enum {
+	FL_FLAG_ERROR,		/* device reported FL_STATUS_ERROR; cleared by reset */
+	FL_FLAG_DEAD,		/* being removed; never cleared */
+};
+
+/* One chunk in the ring, owned by its submitter (usually on its stack). */
+struct fl_request {
+	struct list_head node;	/* on fl->inflight while status is -EINPROGRESS */
+	u64 fence;		/* value of the completion fence */
+	u64 last_order;		/* value of the last order fence in the chunk, or 0 */
+	u64 generation;		/* fl->generation at submission */
+	u32 first;		/* ring index of the first command */
+	u32 end;		/* ring index one past the completion fence */
+	bool wait_irq;		/* wait for FL_VEC_QUEUE, not by polling */
+	bool intr;		/* signals end the wait (-EINTR) */
+	int status;		/* -EINPROGRESS, 0 or -errno; written under sq_lock */
+};
+
+struct fl_dev {
+	struct pci_dev *pdev;		/* reference held until the last put */
+	struct kref ref;		/* probe + one per open file */
+	void __iomem *regs;		/* BAR0; valid until remove() returns */
+	int index;			/* N of /dev/faultlineN */
+	char name[24];
+	char irq_name[FL_MSIX_VECTORS][32];
+	struct miscdevice misc;
+
+	/* Identity, read once at probe. */
+	u32 hw_id, hw_version, hw_features;
+	u32 num_contexts, num_engines, num_lanes, tlb_entries;
+
+	/* DMA memory, allocated at probe, freed in remove() after the reset. */
+	struct fl_cmd *cq;
+	dma_addr_t cq_dma;
+	u32 cq_entries;
+	u32 chunk_max;
+	void *aux;
+	dma_addr_t aux_dma;
+	struct fl_writeback *wb;	/* device writes, driver reads */
+	u64 *fences;			/* device writes, driver reads */
+	u64 *stats;			/* device writes; stats_mutex */
+
+	/*
+	 * io_rwsem: every ioctl holds it for reading from start to end and
+	 * checks FL_FLAG_DEAD first; remove() sets FL_FLAG_DEAD, wakes the
+	 * waiters and takes it for writing, so BAR0 and the DMA memory outlive
+	 * every ioctl that might touch them.
+	 */
+	struct rw_semaphore io_rwsem;
+	/*
+	 * excl_rwsem: the ioctls that use the queue hold it for reading;
+	 * FL_IOC_SUBMIT with FL_SUBMIT_F_EXCLUSIVE holds it for writing, so
+	 * that nothing else of user space moves the writeback counters while it
+	 * checks them. FL_IOC_RESET does not take it.
+	 */
+	struct rw_semaphore excl_rwsem;
+	/*
+	 * reset_mutex: serialises (re-)initialisation: probe's, FL_IOC_RESET,
+	 * reset_prepare .. reset_done (held across the FLR in between, both run
+	 * in the same task under device_lock), shutdown, and the error thread's
+	 * register reads. Sleeps (register reads) inside.
+	 */
+	struct mutex reset_mutex;
+	/* stats_mutex: owns the STATS buffer for one FL_IOC_STATS at a time. */
+	struct mutex stats_mutex;
+	/*
+	 * sq_lock: protects the fields below up to the wait queue: the ring
+	 * slots from tail on, tail and the doorbell (written in tail order),
+	 * the counters, the in-flight list and every listed request's status,
+	 * state and generation. Lockless readers use READ_ONCE on tail, state,
+	 * generation and request status (written with WRITE_ONCE). Never taken
+	 * in hard-IRQ context; nothing sleeps under it.
+	 */
+	spinlock_t sq_lock;
+	u32 tail;			/* free-running index of the next slot */
+	u64 cmd_seq;			/* seq of the next command */
+	u64 fence_seq;			/* last completion-fence value handed out */
+	u64 order_seq;			/* last order-fence value handed out */
+	u64 commands;			/* commands written since probe */
+	struct list_head inflight;	/* requests, oldest first */
+	int state;			/* FL_STATE_RUNNING/RESETTING/FAILED */
+	u64 generation;			/* completed quiesces since probe */
+
+	/* Sleepers: request and space waiters; woken by IRQs and resets. */
+	wait_queue_head_t wq;
+	unsigned long flags;		/* FL_FLAG_* */
+
+	/*
+	 * Fault ring (DMA, fr_alloc entries allocated at probe). fault_mutex
+	 * is held by the fault worker for a whole batch and by fl_fr_program();
+	 * it protects fr_size, fr_get, fr_overflows, fbatch, fcmds and
+	 * hmm_pfns. Taken after reset_mutex, before any ctx->lock; the worker
+	 * sleeps under it (hmm_range_fault(), mmap_lock, command waits) but
+	 * never takes reset_mutex, so a reset never waits for it for long: the
+	 * reset settles the worker's requests first.
+	 */
+	struct mutex fault_mutex;
+	struct fl_fault *fr;
+	dma_addr_t fr_dma;
+	u32 fr_alloc;
+	u32 fr_size;			/* entries programmed; 0 = no ring */
+	u32 fr_get;			/* free-running GET */
+	u32 fr_overflows;		/* last FL_WB_FR_OVERFLOWS seen */
+	struct fl_fault_rec *fbatch;	/* FL_BATCH_LIMIT */
+	struct fl_cmd *fcmds;		/* 3 * FL_BATCH_LIMIT + 1 */
+	unsigned long *hmm_pfns;	/* one window: FL_HUGE_PAGES */
+	struct workqueue_struct *fault_wq;
+	struct work_struct fault_work;
+
+	/*
+	 * ctx_lock (spinlock, leaf): ctx_table (context id -> bound context)
+	 * and nr_ctx; the worker takes a context reference under it. Context
+	 * ids come from ctx_ida.
+	 */
+	spinlock_t ctx_lock;
+	struct fl_ctx **ctx_table;
+	u32 nr_ctx;
+	struct ida ctx_ida;
+	/* Job completion records; orphan_lock (leaf) guards orphans. */
+	struct dma_pool *compl_pool;
+	spinlock_t orphan_lock;
+	struct list_head orphans;
+	bool hw_stopped;		/* remove() has reset the device for good */
+
+	/* Fault-servicing counters (FL_IOC_FAULT_STATS). */
+	struct {
+		atomic64_t faults, batches, duplicates, windows, retries;
+		atomic64_t retry_timeouts, cancels, invalidations, replays;
+		atomic64_t overflows, pages_mapped, huge_mapped, upgrades;
+		atomic64_t notifier_calls, notifier_clears, notifier_busy;
+		atomic64_t worker_runs, stale;
+	} fst;
+
+	/* Written by the interrupt handlers only (lockless, READ_ONCE). */
+	u64 irq_fence;			/* highest FL_SLOT_DONE value a queue IRQ saw */
+	u64 irq_fence_ns;		/* ktime_get_ns() when irq_fence last grew */
+	u32 hw_error;			/* FL_REG_ERROR explained by the error thread */
+	atomic64_t irqs[FL_MSIX_VECTORS];
+};
+
+static inline struct device *fl_device(struct fl_dev *fl)
+{
+	return &fl->pdev->dev;
+}
+
+static inline dma_addr_t fl_fence_dma(struct fl_dev *fl, unsigned int slot)
+{
+	return fl->aux_dma + FL_AUX_FENCES + slot * sizeof(u64);
+}
+
+static inline u64 fl_fence_read(struct fl_dev *fl, unsigned int slot)
+{
+	return READ_ONCE(fl->fences[slot]);
+}
+
+static inline u32 fl_wb_head(struct fl_dev *fl)
+{
+	return READ_ONCE(fl->wb->cq_head);
+}
+
+static inline bool fl_broken(struct fl_dev *fl)
+{
+	return test_bit(FL_FLAG_ERROR, &fl->flags) ||
+	       test_bit(FL_FLAG_DEAD, &fl->flags);
+}
+
+/* 0 if work may be queued now. */
+static inline int fl_usable(struct fl_dev *fl)
+{
+	if (test_bit(FL_FLAG_DEAD, &fl->flags))
+		return -ENODEV;
+	if (test_bit(FL_FLAG_ERROR, &fl->flags) ||
+	    READ_ONCE(fl->state) != FL_STATE_RUNNING)
+		return -EIO;
+	return 0;
+}
+
+static inline bool fl_zero(const __u64 *v, size_t n)
+{
+	while (n--)
+		if (*v++)
+			return false;
+	return true;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Shared virtual memory: device page tables, the HMM mirror, faults */
+
+/*
+ * Device page tables (spec section 5): four levels of 512 u64 entries, each
+ * table one DMA-coherent 4 KiB page. struct fl_pt shadows a table with the
+ * CPU pointers of its children (levels 3..1), since the entries hold DMA
+ * addresses. Tables are allocated on demand and freed only with the context:
+ * an invalidation clears entries, never tables, so a device walk never reads
+ * a freed table.
+ *
+ * Leaves carry the page's physical address: the guest has no IOMMU in front
+ * of the device (checked at bind), so DMA address == physical address, as
+ * for nouveau's and test_hmm's mirrors. No page reference is held: the
+ * mmu_interval_notifier clears an entry before the CPU may free or move its
+ * page (see fl_mirror_invalidate()).
+ *
+ * Atomics: FL_PTE_ATOMIC is granted with FL_PTE_WRITE. The device performs
+ * its atomics on the very memory the CPU uses (guest RAM shared with the
+ * server), with real atomic instructions, so device and CPU atomics on the
+ * same word are coherent; no exclusive access (make_device_exclusive_range,
+ * not exported anyway) is needed.
+ */
+#define FL_PT_ENTRIES		512
+#define FL_PT_SPARE		3	/* tables one window can need (L2, L1, L0) */
+#define FL_HUGE_SIZE		SZ_2M
+#define FL_HUGE_PAGES		(FL_HUGE_SIZE >> PAGE_SHIFT)
+#define FL_VA_LIMIT		BIT_ULL(FL_VA_BITS)
+
+struct fl_pt {
+	u64 *e;			/* FL_PT_ENTRIES entries; the device reads them */
+	dma_addr_t dma;
+	struct fl_pt **child;	/* levels 3..1: CPU view of the next tables */
+};
+
+#define FL_CANCEL_LOG		32
+
+/* One device context: the mirror of one process's address space. */
+struct fl_ctx {
+	struct fl_dev *fl;		/* reference held (fl->ref) */
+	struct kref ref;		/* the file + the fault worker while it uses it */
+	struct mm_struct *mm;		/* mmgrab()ed at bind, mmdrop()ed at free */
+	struct mmu_interval_notifier notifier;	/* whole user address space */
+	u16 id;				/* device context; ida-owned until free */
+	bool leak;			/* UNBIND failed: never free the tables */
+	/*
+	 * lock: the mirror's "update lock". Held by the invalidate callback
+	 * from mmu_interval_set_seq() until the device has acknowledged the
+	 * INVALIDATE (FENCE seen), and by the fault worker from
+	 * mmu_interval_read_retry() until the new PTEs are written, so a PTE
+	 * is never written from a stale hmm_range_fault() result. Also
+	 * serialises BIND/UNBIND of the context and every access to the
+	 * tables and spares below. Nothing that allocates memory with
+	 * reclaim (the spares are filled before taking it) nor mmap_lock is
+	 * taken under it: reclaim and munmap call the callback, which takes it.
+	 */
+	struct mutex lock;
+	struct fl_pt *root;		/* level 3 */
+	struct fl_pt *spare[FL_PT_SPARE];
+	unsigned int nspare;
+	u64 bound_gen;			/* fl->generation of the last BIND, or U64_MAX */
+
+	/*
+	 * cancel_lock: the cancel log, a ring of the last cancels the worker
+	 * decided, so that FL_IOC_JOB can tell -EPERM from -EFAULT. Leaf lock.
+	 */
+	spinlock_t cancel_lock;
+	u64 cancel_seq;
+	struct {
+		u64 seq;
+		u64 va;
+		int err;
+	} cancel_log[FL_CANCEL_LOG];
+};
+
+/* Per open file. */
+struct fl_file {
+	struct fl_dev *fl;
+	struct mutex bind_mutex;	/* creating @ctx */
+	struct fl_ctx *ctx;		/* NULL until bound; then constant */
+};
+
+/* A job record the device may still write: freed after a reset. */
+struct fl_orphan {
+	struct list_head node;
+	struct fl_completion *rec;
+	dma_addr_t dma;
+};
+
+/* One fault of a batch, after dedupe. */
+struct fl_fault_rec {
+	u64 va;
+	u16 ctx;
+	u8 access;		/* most intrusive access of the page */
+	u8 mask;		/* every access seen, bit per FL_ACCESS_* */
+	u8 cancel;		/* accesses to cancel */
+	u8 done;		/* serviced or decided */
+	s16 err;		/* errno of the cancel */
+};
+
+#define FL_ACC_BIT(a)		(1U << (a))
+#define FL_ACC_WRITES		(FL_ACC_BIT(FL_ACCESS_WRITE) | FL_ACC_BIT(FL_ACCESS_ATOMIC))
+#define FL_ACC_ALL		0xf
+
+/* A span of VA to invalidate on the device. */
+struct fl_span {
+	u64 start, end;		/* empty when start >= end */
+};
+
+struct fl_reset_report {
+	unsigned int failed;
+	u32 head;
+};
+
+#define FL_BATCH_LIMIT		1024	/* most fault records one batch takes */
+#define FL_MAX_BATCHES		16	/* batches per worker run */
+
+/* main.c: probe, remove, FLR, ioctl dispatch */
+void fl_release_dev(struct kref *ref);
+
+/* queue.c: command queue, waits, reset, interrupts */
+const char *fl_err_name(u32 code);
+int fl_wait_cond(struct fl_dev *fl, bool (*cond)(struct fl_dev *fl, const void *arg), const void *arg, u64 poll_ns, bool intr);
+int fl_wait_request(struct fl_dev *fl, struct fl_request *req);
+int fl_submit(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n, unsigned int flags, struct fl_request *req);
+void fl_write_addr(struct fl_dev *fl, u32 reg_lo, dma_addr_t addr);
+u32 fl_hw_reset(struct fl_dev *fl);
+void fl_set_state(struct fl_dev *fl, int state);
+int fl_hw_init(struct fl_dev *fl);
+unsigned int fl_quiesce(struct fl_dev *fl, u32 *head_at_reset);
+int fl_reset(struct fl_dev *fl, struct fl_reset_report *rep);
+void fl_free_irqs(struct fl_dev *fl, unsigned int nr);
+int fl_request_irqs(struct fl_dev *fl);
+int fl_exec(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n, unsigned int flags);
+bool fl_gen_moved(struct fl_dev *fl, const void *arg);
+void fl_stop_translations(struct fl_dev *fl, u64 gen, int err);
+
+/* pagetable.c: the device page table */
+struct fl_pt *fl_pt_alloc(struct fl_dev *fl, unsigned int level);
+void fl_pt_free(struct fl_dev *fl, struct fl_pt *pt, unsigned int level);
+int fl_pt_prealloc(struct fl_ctx *ctx);
+void fl_span_add(struct fl_span *sp, u64 start, u64 end);
+int fl_pt_set(struct fl_ctx *ctx, u64 va, u64 leaf, bool huge, struct fl_span *changed);
+u64 fl_pt_lookup(struct fl_ctx *ctx, u64 va, bool *huge);
+void fl_pt_clear(struct fl_pt *pt, unsigned int level, u64 base, u64 start, u64 end, struct fl_span *cleared);
+bool fl_pt_any(struct fl_pt *pt, unsigned int level, u64 base, u64 start, u64 end);
+
+/* ctx.c: contexts and the mirror notifier */
+struct fl_ctx *fl_ctx_get(struct fl_dev *fl, u16 id);
+void fl_ctx_put(struct fl_ctx *ctx);
+int fl_ctx_bind_hw(struct fl_ctx *ctx);
+void fl_ctx_destroy(struct fl_ctx *ctx);
+struct fl_ctx *fl_file_ctx(struct fl_file *ff, bool create);
+void fl_ctx_log_cancel(struct fl_ctx *ctx, u64 va, int err);
+u64 fl_ctx_cancel_seq(struct fl_ctx *ctx);
+int fl_ctx_cancel_errno(struct fl_ctx *ctx, u64 seq0, u64 src, u64 slen, u64 dst, u64 dlen);
+
+/* fault.c: fault servicing */
+void fl_fault_work(struct work_struct *work);
+void fl_fr_program(struct fl_dev *fl);
+
+/* job.c: jobs and the shared-virtual-memory ioctls */
+void fl_orphans_free(struct fl_dev *fl, bool all);
+long fl_ioc_job(struct fl_file *ff, void __user *uarg);
+long fl_ioc_bind(struct fl_file *ff, void __user *uarg);
+long fl_ioc_snapshot(struct fl_file *ff, void __user *uarg);
+long fl_ioc_fault_stats(struct fl_dev *fl, void __user *uarg);
+
+/* testioc.c: test-only ioctls (queue checks, fences, resets, STATS) */
+long fl_ioc_submit(struct fl_dev *fl, void __user *uarg);
+long fl_ioc_fence(struct fl_dev *fl, void __user *uarg);
+long fl_ioc_reset(struct fl_dev *fl, void __user *uarg);
+long fl_ioc_stats(struct fl_dev *fl, void __user *uarg);
+
+#endif /* FAULTLINE_DRV_H */
