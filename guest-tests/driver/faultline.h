@@ -16,6 +16,8 @@
  *   job.c        FL_IOC_JOB and the shared-virtual-memory ioctls
  *   testioc.c    the test-only ioctls: SUBMIT with its checks, FENCE, RESET,
  *                STATS
+ *   benchioc.c   the test-only FL_IOC_MIRROR_BENCH (driver-only mirror rate)
+ *   debugfs.c    the counters in /sys/kernel/debug/faultline/<dev>/
  *
  * The device is described in docs/device-spec.md; its registers, commands and
  * structures come from faultline_abi.h. The driver owns, per device, a command
@@ -507,5 +509,14 @@ long fl_ioc_submit(struct fl_dev *fl, void __user *uarg);
 long fl_ioc_fence(struct fl_dev *fl, void __user *uarg);
 long fl_ioc_reset(struct fl_dev *fl, void __user *uarg);
 long fl_ioc_stats(struct fl_dev *fl, void __user *uarg);
+
+/* benchioc.c: FL_IOC_MIRROR_BENCH */
+long fl_ioc_mirror_bench(struct fl_dev *fl, void __user *uarg);
+
+/* debugfs.c: /sys/kernel/debug/faultline/<dev>/ */
+void fl_debugfs_init(void);
+void fl_debugfs_exit(void);
+void fl_debugfs_add(struct fl_dev *fl);
+void fl_debugfs_remove(struct fl_dev *fl);
 
 #endif /* FAULTLINE_DRV_H */

@@ -117,6 +117,9 @@ static long fl_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case FL_IOC_SNAPSHOT:
 		ret = fl_ioc_snapshot(ff, uarg);
 		break;
+	case FL_IOC_MIRROR_BENCH:
+		ret = fl_ioc_mirror_bench(fl, uarg);
+		break;
 	default:
 		ret = -ENOTTY;
 		break;
@@ -368,6 +371,7 @@ static int fl_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		 fl->name, fl->hw_version >> 16, fl->hw_version & 0xffff,
 		 fl->hw_features, fl->num_contexts, fl->num_engines,
 		 fl->num_lanes, fl->tlb_entries, fl->cq_entries, FL_MSIX_VECTORS);
+	fl_debugfs_add(fl);
 	return 0;
 
 err_hw:
@@ -393,6 +397,7 @@ static void fl_remove(struct pci_dev *pdev)
 {
 	struct fl_dev *fl = pci_get_drvdata(pdev);
 
+	fl_debugfs_remove(fl);
 	misc_deregister(&fl->misc);	/* no new opens */
 
 	/* Waiters see FL_FLAG_DEAD and return -ENODEV; ioctls drain. */
@@ -477,7 +482,25 @@ static struct pci_driver fl_pci_driver = {
 	.shutdown = fl_shutdown,
 	.err_handler = &fl_err_handlers,
 };
-module_pci_driver(fl_pci_driver);
+
+static int __init fl_init(void)
+{
+	int ret;
+
+	fl_debugfs_init();
+	ret = pci_register_driver(&fl_pci_driver);
+	if (ret)
+		fl_debugfs_exit();
+	return ret;
+}
+module_init(fl_init);
+
+static void __exit fl_exit(void)
+{
+	pci_unregister_driver(&fl_pci_driver);
+	fl_debugfs_exit();
+}
+module_exit(fl_exit);
 
 MODULE_DESCRIPTION("faultline GPU-like test device");
 MODULE_AUTHOR("faultline project");

@@ -286,4 +286,31 @@ struct fl_ioc_snapshot {
 #define FL_IOC_FAULT_STATS	_IOWR(FL_IOC_MAGIC, 0x07, struct fl_ioc_fault_stats)
 #define FL_IOC_SNAPSHOT		_IOWR(FL_IOC_MAGIC, 0x08, struct fl_ioc_snapshot)
 
+/* fl_ioc_mirror_bench.flags */
+#define FL_MIRROR_F_WRITE	(1ULL << 0)	/* fault for write (as a device FILL does) */
+
+/*
+ * FL_IOC_MIRROR_BENCH (test only): the driver-only mirror rate, the HMM
+ * ceiling for any device. Walks [addr, addr + len) of the caller's mm in
+ * windows of @window bytes (aligned to it, clipped to the range) and runs
+ * mmu_interval_read_begin() -> mmap_read_lock -> hmm_range_fault() ->
+ * mmu_interval_read_retry() on each, under a temporary mmu_interval_notifier
+ * over the range, with no device in the loop: nothing is written to a device
+ * page table and no command is queued. The range must lie in one VMA.
+ */
+struct fl_ioc_mirror_bench {
+	__u64 addr;		/* in: page-aligned VA */
+	__u64 len;		/* in: bytes, page multiple, at most 4 GiB */
+	__u64 window;		/* in: bytes, power of two in [4 KiB, 2 MiB]; 0 = 2 MiB */
+	__u64 flags;		/* in: FL_MIRROR_F_* */
+	__u64 windows;		/* out: windows serviced */
+	__u64 pages;		/* out: pages hmm_range_fault() returned valid */
+	__u64 huge;		/* out: of those, mapped by the CPU with a PMD */
+	__u64 retries;		/* out: -EBUSY or collided windows, retried */
+	__u64 elapsed_ns;	/* out: first read_begin to the last window done */
+	__u64 reserved[3];	/* in: zero */
+};
+
+#define FL_IOC_MIRROR_BENCH	_IOWR(FL_IOC_MAGIC, 0x20, struct fl_ioc_mirror_bench)
+
 #endif /* FAULTLINE_UAPI_H */
