@@ -52,8 +52,12 @@ impl DeviceExtension {
         ctx: &ExecCtx<'_>,
         begin: impl FnOnce() -> Result<Invalidation<'m>, MmuError>,
     ) -> Result<(), CmdError> {
+        let t0 = crate::trace::enabled().then(crate::trace::now);
         let inv = ctx.effect(|_| begin())?.map_err(mmu_err)?;
         inv.wait();
+        if let Some(t0) = t0 {
+            crate::trace::command("INVALIDATE", t0, String::new());
+        }
         Ok(())
     }
 
@@ -104,6 +108,10 @@ impl Extension for DeviceExtension {
                 let now = sh.clock.now_ns();
                 let n = ctx.effect(|_| eng.stalls.replay(c, now))?;
                 debug!("REPLAY ctx {c:#x}: {n} lanes released");
+                if crate::trace::enabled() {
+                    let args = format!("{{\"ctx\":{c},\"lanes\":{n}}}");
+                    crate::trace::command("REPLAY", crate::trace::now(), args);
+                }
             }
             abi::OP_CANCEL => {
                 let c = one_ctx(cmd, ctx)?;

@@ -659,6 +659,7 @@ impl LaneRun<'_> {
         let ctx = self.job.spec.ctx;
         let now = self.shared.clock.now_ns();
         let key = StallKey::new(ctx, va, access);
+        let traced = crate::trace::enabled().then(crate::trace::now);
         // Registration and posting happen under the gate: a reset (which aborts jobs, then stalls, under
         // the gate) is either entirely before (the job is seen aborted: nothing posted) or entirely after
         // (the entry went to the ring of before the reset); never into a ring enabled after it.
@@ -694,7 +695,14 @@ impl LaneRun<'_> {
         if posted == PostResult::Failed {
             self.shared.raise_error(None, abi::ERR_FR_CONFIG, 0);
         }
-        match eng.stalls.wait(ticket) {
+        let posted_at = traced.map(|_| crate::trace::now());
+        let outcome = eng.stalls.wait(ticket);
+        if let (Some(t0), Some(tp)) = (traced, posted_at) {
+            let tid = (self.engine as u32) << 16 | u32::from(self.index);
+            let (acc, out) = (format!("{access:?}"), format!("{outcome:?}"));
+            crate::trace::fault(tid, t0, tp, ctx, key.page, &acc, &out);
+        }
+        match outcome {
             StallOutcome::Replayed => {
                 self.job.replays.fetch_add(1, Ordering::Relaxed);
                 true

@@ -182,6 +182,9 @@ impl FaultRingHw {
 
     /// `FL_REG_FR_GET` doorbell at `now_ns`: records GET, re-arms, and signals if entries are pending.
     pub(crate) fn doorbell(&self, shared: &Shared, get: u32, now_ns: u64) {
+        if crate::trace::enabled() {
+            crate::trace::get_doorbell(get);
+        }
         let mut st = lock(&self.state);
         let Some(a) = st.active.as_mut() else {
             debug!("FR_GET {get} ignored: fault ring disabled");

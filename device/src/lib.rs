@@ -31,6 +31,7 @@ mod pci;
 mod queue;
 mod shared;
 mod stats;
+pub mod trace;
 
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 

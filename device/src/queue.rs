@@ -262,6 +262,13 @@ impl Worker {
         if gpa & 7 != 0 {
             return Err(CmdError::Queue(abi::ERR_BAD_ARG));
         }
+        if crate::trace::enabled() {
+            crate::trace::command(
+                "FENCE",
+                crate::trace::now(),
+                format!("{{\"value\":{value}}}"),
+            );
+        }
         if cmd.flags & abi::CMD_F_WAIT_JOBS != 0 {
             self.ext.wait_jobs(ctx)?;
         }

@@ -5,12 +5,14 @@
  * qemu/bench needs, on equal buffers:
  *
  *   fl-fault-bench [-q] [-d N] [-m MIB] [-t SECONDS] [-p PARAM=V1,V2,...]...
+ *                  [-o POINT]
  *
  *   -q        quick subset (64 MiB buffers, fewer points)
  *   -m MIB    buffer of the base point and of the anchors (default 256)
  *   -t SECS   length of each storm measurement (default 4, quick 2)
  *   -p P=V,.. also sweep the driver's module parameter P over the values
  *             (any file in /sys/module/faultline/parameters; skipped if absent)
+ *   -o POINT  only the matrix point POINT, no anchors (for a fault timeline)
  *
  * Every result is one line "FLB {json}" on stdout (qemu/bench collects
  * them; faultline-report turns them into the table, the JSON file and the
@@ -763,6 +765,7 @@ int main(int argc, char **argv)
 {
 	static const char *extra[8];
 	unsigned int nextra = 0, i;
+	const char *only = NULL;
 	int devs[FL_MAX_DEVICES], opt;
 	size_t mib = 0, len;
 	struct fl_ioc_bind b = {};
@@ -773,7 +776,7 @@ int main(int argc, char **argv)
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	dev_index = -1;
-	while ((opt = getopt(argc, argv, "qd:m:t:p:")) != -1) {
+	while ((opt = getopt(argc, argv, "qd:m:t:p:o:")) != -1) {
 		switch (opt) {
 		case 'q':
 			quick = 1;
@@ -787,12 +790,15 @@ int main(int argc, char **argv)
 		case 't':
 			storm_secs = strtod(optarg, NULL);
 			break;
+		case 'o':
+			only = optarg;
+			break;
 		case 'p':
 			if (nextra < 8 && strchr(optarg, '='))
 				extra[nextra++] = optarg;
 			break;
 		default:
-			fprintf(stderr, "usage: %s [-q] [-d N] [-m MIB] [-t SECS] [-p PARAM=V1,V2]\n",
+			fprintf(stderr, "usage: %s [-q] [-d N] [-m MIB] [-t SECS] [-p PARAM=V1,V2] [-o POINT]\n",
 				argv[0]);
 			return 2;
 		}
@@ -836,6 +842,8 @@ int main(int argc, char **argv)
 	jend();
 
 	/* Anchors first, on equal buffers. */
+	if (only)
+		goto matrix;
 	printf("# anchors\n");
 	anchor_fence(quick ? 300 : 1000);
 	anchor_cpu_touch("cpu_first_touch_4k", len, 0);
@@ -848,6 +856,7 @@ int main(int argc, char **argv)
 	anchor_munmap(len);
 	storm_copy();
 
+matrix:
 	/* The matrix: one dimension at a time around the base point. */
 	base = (struct point){ .mib = mib, .pattern = FL_JOBPAT_SEQ, .lanes = 16,
 			       .batch = 256, .prefetch = "Y", .procs = 1 };
@@ -906,7 +915,8 @@ int main(int argc, char **argv)
 	}
 	printf("# matrix: %u points\n", npts);
 	for (i = 0; i < npts; i++)
-		run_point(&pts[i]);
+		if (!only || !strcmp(only, pts[i].name))
+			run_point(&pts[i]);
 	param_set("fault_batch", pb);
 	param_set("prefetch", pp);
 	printf("# fl-fault-bench done\n");

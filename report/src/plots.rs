@@ -248,6 +248,10 @@ pub fn draw_all(r: &Value, dir: &Path) -> Result<Vec<String>, String> {
         let mut acc = 0.0;
         let mut s = Vec::new();
         for (i, c) in h.iter().enumerate() {
+            if acc == 0.0 && *c > 0.0 {
+                // The CDF leaves 0 at the lower bound of the first non-empty bucket.
+                s.push(((1u64 << i) as f64, 0.0));
+            }
             acc += c;
             if *c > 0.0 || (acc > 0.0 && acc < total) {
                 s.push(((2u64 << i) as f64, acc / total));

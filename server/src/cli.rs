@@ -50,6 +50,11 @@ pub struct Args {
     /// Device TLB ways.
     #[arg(long = "tlb-ways", value_name = "N")]
     pub tlb_ways: Option<u32>,
+
+    /// Record a fault timeline (Chrome/Perfetto JSON) and write it to PATH whenever a client
+    /// session ends: lane stalls, posted entries, GET doorbells, REPLAY, INVALIDATE, FENCE.
+    #[arg(long, value_name = "PATH")]
+    pub trace: Option<PathBuf>,
 }
 
 impl Args {

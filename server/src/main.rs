@@ -37,6 +37,11 @@ fn main() -> ExitCode {
         }
     };
 
+    if let Some(path) = &args.trace {
+        faultline_device::trace::start(path.clone());
+        log::info!("recording a fault timeline into {}", path.display());
+    }
+
     let config = device_config(
         args.contexts,
         args.engines,

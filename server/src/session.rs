@@ -535,6 +535,12 @@ impl Drop for Session {
             "client session ended; device stats: {}",
             format_stats(&self.device.stats())
         );
+        if faultline_device::trace::enabled() {
+            match faultline_device::trace::flush() {
+                Ok(()) => log::info!("fault timeline written"),
+                Err(e) => log::warn!("cannot write the fault timeline: {e}"),
+            }
+        }
         self.dma.unmap_all();
         for i in 0..irq_index::COUNT {
             self.irqs.disable(i);

@@ -1,0 +1,271 @@
+//! The fault timeline: an optional trace of every device fault in the Chrome / Perfetto JSON format
+//! (open it at ui.perfetto.dev), the way Nsight Systems shows a GPU's unified-memory faults.
+//!
+//! Off unless [`start`] was called (the server's `--trace PATH`); every hook first does one relaxed
+//! atomic load ([`enabled`]). Tracks:
+//! - "device lanes", one row per lane: a slice from the lane stalling on a fault to its access
+//!   resuming (args: context, page, access, outcome), with an instant when its entry was posted;
+//! - "fault ring": every entry posted, and every `FL_REG_FR_GET` doorbell, which the driver writes
+//!   once per batch, after it fetched the batch's entries, serviced them and saw its REPLAY complete
+//!   (so the entries posted before a GET and after the previous one are, roughly, that batch);
+//! - "commands": REPLAY, INVALIDATE (a slice: until no access that used an old translation runs)
+//!   and FENCE.
+//!
+//! At most [`MAX_EVENTS`] events are kept; later ones are counted and dropped. [`flush`] writes the
+//! file (the server calls it when a client session ends).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// Most events kept in memory.
+pub const MAX_EVENTS: usize = 2_000_000;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static STATE: OnceLock<State> = OnceLock::new();
+
+struct State {
+    path: PathBuf,
+    epoch: Instant,
+    events: Mutex<Vec<Event>>,
+}
+
+/// Track (Perfetto process) ids.
+const PID_LANES: u32 = 1;
+const PID_RING: u32 = 2;
+const PID_CMDS: u32 = 3;
+
+struct Event {
+    name: &'static str,
+    /// 'X' (complete slice) or 'i' (instant).
+    ph: char,
+    pid: u32,
+    tid: u32,
+    ts_ns: u64,
+    dur_ns: u64,
+    args: String,
+}
+
+/// Turns tracing on; events go to `path` at each [`flush`]. Only the first call counts.
+pub fn start(path: PathBuf) {
+    let _ = STATE.set(State {
+        path,
+        epoch: Instant::now(),
+        events: Mutex::new(Vec::new()),
+    });
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// True when a trace is being recorded; the cheap check in front of every hook.
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Nanoseconds since [`start`], for slices that begin before they are recorded.
+pub(crate) fn now() -> u64 {
+    STATE
+        .get()
+        .map_or(0, |s| s.epoch.elapsed().as_nanos() as u64)
+}
+
+fn push(e: Event) {
+    let Some(s) = STATE.get() else { return };
+    let mut v = s.events.lock().unwrap_or_else(|p| p.into_inner());
+    if v.len() >= MAX_EVENTS {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    } else {
+        v.push(e);
+    }
+}
+
+/// A lane stalled at `start_ns` on page `va` of context `ctx` and resumed now.
+pub(crate) fn fault(
+    lane: u32,
+    start_ns: u64,
+    posted_ns: u64,
+    ctx: u16,
+    va: u64,
+    access: &str,
+    outcome: &str,
+) {
+    let end = now();
+    let args = format!(
+        "{{\"ctx\":{ctx},\"va\":\"{va:#x}\",\"access\":\"{access}\",\"outcome\":\"{outcome}\"}}"
+    );
+    push(Event {
+        name: "fault",
+        ph: 'X',
+        pid: PID_LANES,
+        tid: lane,
+        ts_ns: start_ns,
+        dur_ns: end.saturating_sub(start_ns),
+        args: args.clone(),
+    });
+    push(Event {
+        name: "entry posted",
+        ph: 'i',
+        pid: PID_LANES,
+        tid: lane,
+        ts_ns: posted_ns,
+        dur_ns: 0,
+        args: String::new(),
+    });
+    push(Event {
+        name: "entry posted",
+        ph: 'i',
+        pid: PID_RING,
+        tid: 1,
+        ts_ns: posted_ns,
+        dur_ns: 0,
+        args,
+    });
+}
+
+/// The driver wrote `FL_REG_FR_GET` = `get`: it retired a batch up to there.
+pub(crate) fn get_doorbell(get: u32) {
+    push(Event {
+        name: "GET (batch retired)",
+        ph: 'i',
+        pid: PID_RING,
+        tid: 2,
+        ts_ns: now(),
+        dur_ns: 0,
+        args: format!("{{\"get\":{get}}}"),
+    });
+}
+
+/// A command: `name` from `start_ns` to now (an instant when they are equal).
+pub(crate) fn command(name: &'static str, start_ns: u64, args: String) {
+    let end = now();
+    push(Event {
+        name,
+        ph: if end > start_ns { 'X' } else { 'i' },
+        pid: PID_CMDS,
+        tid: 1,
+        ts_ns: start_ns,
+        dur_ns: end.saturating_sub(start_ns),
+        args,
+    });
+}
+
+fn json(events: &[Event]) -> String {
+    let mut s = String::from("{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n");
+    let mut lanes: Vec<u32> = events
+        .iter()
+        .filter(|e| e.pid == PID_LANES)
+        .map(|e| e.tid)
+        .collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    let meta = |s: &mut String, kind: &str, pid: u32, tid: u32, name: &str| {
+        let _ = writeln!(
+            s,
+            "{{\"ph\":\"M\",\"name\":\"{kind}\",\"pid\":{pid},\"tid\":{tid},\"args\":{{\"name\":\"{name}\"}}}},"
+        );
+    };
+    meta(&mut s, "process_name", PID_LANES, 0, "device lanes");
+    meta(&mut s, "process_name", PID_RING, 0, "fault ring");
+    meta(&mut s, "process_name", PID_CMDS, 0, "commands");
+    meta(&mut s, "thread_name", PID_RING, 1, "entries posted");
+    meta(
+        &mut s,
+        "thread_name",
+        PID_RING,
+        2,
+        "GET doorbells (driver batches retired)",
+    );
+    meta(
+        &mut s,
+        "thread_name",
+        PID_CMDS,
+        1,
+        "REPLAY / INVALIDATE / FENCE",
+    );
+    for l in lanes {
+        meta(
+            &mut s,
+            "thread_name",
+            PID_LANES,
+            l,
+            &format!("engine {} lane {}", l >> 16, l & 0xffff),
+        );
+    }
+    for (i, e) in events.iter().enumerate() {
+        let _ = write!(
+            s,
+            "{{\"name\":\"{}\",\"ph\":\"{}\",\"pid\":{},\"tid\":{},\"ts\":{:.3}",
+            e.name,
+            e.ph,
+            e.pid,
+            e.tid,
+            e.ts_ns as f64 / 1e3
+        );
+        if e.ph == 'X' {
+            let _ = write!(s, ",\"dur\":{:.3}", e.dur_ns as f64 / 1e3);
+        } else {
+            s.push_str(",\"s\":\"t\"");
+        }
+        if !e.args.is_empty() {
+            let _ = write!(s, ",\"args\":{}", e.args);
+        }
+        s.push('}');
+        if i + 1 < events.len() {
+            s.push(',');
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "],\"otherData\":{{\"dropped_events\":{}}}}}",
+        DROPPED.load(Ordering::Relaxed)
+    );
+    s
+}
+
+/// Writes every event recorded so far to the trace file (replacing it). No-op when not tracing.
+pub fn flush() -> std::io::Result<()> {
+    let Some(s) = STATE.get() else { return Ok(()) };
+    let mut v = s.events.lock().unwrap_or_else(|p| p.into_inner());
+    v.sort_by_key(|e| e.ts_ns);
+    let text = json(&v);
+    drop(v);
+    std::fs::write(&s.path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape() {
+        let ev = [
+            Event {
+                name: "fault",
+                ph: 'X',
+                pid: PID_LANES,
+                tid: 3,
+                ts_ns: 1500,
+                dur_ns: 2000,
+                args: "{\"ctx\":1}".into(),
+            },
+            Event {
+                name: "GET (batch retired)",
+                ph: 'i',
+                pid: PID_RING,
+                tid: 2,
+                ts_ns: 2000,
+                dur_ns: 0,
+                args: String::new(),
+            },
+        ];
+        let s = json(&ev);
+        assert!(s.starts_with("{\"displayTimeUnit\""));
+        assert!(s.contains("\"ts\":1.500,\"dur\":2.000,\"args\":{\"ctx\":1}},\n"));
+        assert!(s.contains("\"s\":\"t\"}\n]"));
+        assert!(s.contains("engine 0 lane 3"));
+    }
+}
