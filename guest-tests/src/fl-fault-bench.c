@@ -12,7 +12,8 @@
  *   -t SECS   length of each storm measurement (default 4, quick 2)
  *   -p P=V,.. also sweep the driver's module parameter P over the values
  *             (any file in /sys/module/faultline/parameters; skipped if absent)
- *   -o POINT  only the matrix point POINT, no anchors (for a fault timeline)
+ *   -o NAME   only the matrix point NAME, or only the anchor NAME (one_page_job,
+ *             munmap, storm_copy), for a fault timeline
  *
  * Every result is one line "FLB {json}" on stdout (qemu/bench collects
  * them; faultline-report turns them into the table, the JSON file and the
@@ -842,8 +843,17 @@ int main(int argc, char **argv)
 	jend();
 
 	/* Anchors first, on equal buffers. */
-	if (only)
-		goto matrix;
+	if (only) {
+		if (!strcmp(only, "one_page_job"))
+			anchor_one_page(quick ? 50 : 200);
+		else if (!strcmp(only, "munmap"))
+			anchor_munmap(len);
+		else if (!strcmp(only, "storm_copy"))
+			storm_copy();
+		else
+			goto matrix;
+		return 0;
+	}
 	printf("# anchors\n");
 	anchor_fence(quick ? 300 : 1000);
 	anchor_cpu_touch("cpu_first_touch_4k", len, 0);
