@@ -47,6 +47,13 @@
 #define HUGE	(2ul << 20)
 #define MIB	(1ul << 20)
 #define PARAMS	"/sys/module/faultline/parameters/"
+/*
+ * The figures the ratios use are taken REPS times, interleaved with the
+ * rest (points: at the start, middle and end of the matrix); each is one
+ * FLB line and faultline-report takes the median of each figure.
+ */
+#define REPS	3
+#define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
 
 static int fd, dev_index, quick;
 static double storm_secs = 4;
@@ -611,7 +618,13 @@ static void anchor_fence(unsigned int n)
 	free(v);
 }
 
-static void anchor_one_page(unsigned int n)
+/*
+ * A one-page FILL of a fresh 4 KiB mapping that faults, and the same job
+ * again (no fault). The mapping may merge with a neighbouring anonymous VMA,
+ * as an application's would; with prefetch on, the fault window is then the
+ * 2 MiB block clipped to that VMA.
+ */
+static void anchor_one_page(const char *name, unsigned int n)
 {
 	uint64_t *f = calloc(n, sizeof(*f)), *w = calloc(n, sizeof(*w));
 	struct fl_ioc_job j;
@@ -631,7 +644,7 @@ static void anchor_one_page(unsigned int n)
 	}
 	fl_sort_u64(f, i);
 	fl_sort_u64(w, i);
-	jbegin("anchor", "one_page_job");
+	jbegin("anchor", name);
 	jint("n", i);
 	jnum("fault_p50_us", fl_percentile(f, i, 50) / 1e3);
 	jnum("fault_p99_us", fl_percentile(f, i, 99) / 1e3);
@@ -762,6 +775,19 @@ static struct point *add(const struct point *base, const char *group,
 	return p;
 }
 
+static void rerun_ratio_points(void)
+{
+	static const char *const again[] = { "base", "thp", "storm_own", "storm_unrelated" };
+	unsigned int i, k;
+
+	for (k = 0; k < ARRAY_SIZE(again); k++)
+		for (i = 0; i < npts; i++)
+			if (!strcmp(pts[i].name, again[k])) {
+				run_point(&pts[i]);
+				break;
+			}
+}
+
 int main(int argc, char **argv)
 {
 	static const char *extra[8];
@@ -845,7 +871,7 @@ int main(int argc, char **argv)
 	/* Anchors first, on equal buffers. */
 	if (only) {
 		if (!strcmp(only, "one_page_job"))
-			anchor_one_page(quick ? 50 : 200);
+			anchor_one_page(only, quick ? 50 : 200);
 		else if (!strcmp(only, "munmap"))
 			anchor_munmap(len);
 		else if (!strcmp(only, "storm_copy"))
@@ -856,14 +882,21 @@ int main(int argc, char **argv)
 	}
 	printf("# anchors\n");
 	anchor_fence(quick ? 300 : 1000);
-	anchor_cpu_touch("cpu_first_touch_4k", len, 0);
-	anchor_cpu_touch("cpu_first_touch_thp", len, 1);
-	anchor_mirror("mirror_2m_4k", len, 0, HUGE);
-	anchor_mirror("mirror_2m_thp", len, 1, HUGE);
+	for (i = 0; i < REPS; i++) {
+		anchor_cpu_touch("cpu_first_touch_4k", len, 0);
+		anchor_cpu_touch("cpu_first_touch_thp", len, 1);
+		anchor_mirror("mirror_2m_4k", len, 0, HUGE);
+		anchor_mirror("mirror_2m_thp", len, 1, HUGE);
+		anchor_prefault(len);
+		anchor_munmap(len);
+	}
 	anchor_mirror("mirror_4k_4k", quick ? len / 4 : len, 0, PAGE);
-	anchor_prefault(len);
-	anchor_one_page(quick ? 50 : 200);
-	anchor_munmap(len);
+	anchor_one_page("one_page_job", quick ? 50 : 200);
+	/* The same with fault windows ending at the faulting page. */
+	if (!param_set("prefetch", "N")) {
+		anchor_one_page("one_page_job_noprefetch", quick ? 50 : 200);
+		param_set("prefetch", pp);
+	}
 	storm_copy();
 
 matrix:
@@ -924,9 +957,13 @@ matrix:
 		}
 	}
 	printf("# matrix: %u points\n", npts);
-	for (i = 0; i < npts; i++)
+	for (i = 0; i < npts; i++) {
 		if (!only || !strcmp(only, pts[i].name))
 			run_point(&pts[i]);
+		/* The ratios' points again: mid-matrix and at the end. */
+		if (!only && (i == npts / 2 || i == npts - 1))
+			rerun_ratio_points();
+	}
 	param_set("fault_batch", pb);
 	param_set("prefetch", pp);
 	printf("# fl-fault-bench done\n");

@@ -189,8 +189,8 @@ fn parse_kv_lines(text: &str) -> Map<String, Value> {
 
 /// Assembles the results object from the guest's lines and the host's metadata.
 fn build(guest: &str, flbench: &str, meta: Map<String, Value>) -> Result<Value, String> {
-    let mut anchors = Map::new();
-    let mut points = Vec::new();
+    let mut anchors: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut points: Vec<(String, Vec<Value>)> = Vec::new();
     let mut info = Value::Null;
     for (i, line) in guest.lines().enumerate() {
         let line = line.trim();
@@ -200,15 +200,25 @@ fn build(guest: &str, flbench: &str, meta: Map<String, Value>) -> Result<Value, 
         let v: Value =
             serde_json::from_str(body).map_err(|e| format!("guest line {}: {e}", i + 1))?;
         let name = v["name"].as_str().unwrap_or("").to_string();
-        match v["kind"].as_str() {
-            Some("anchor") => {
-                anchors.insert(name, v);
+        let list = match v["kind"].as_str() {
+            Some("anchor") => &mut anchors,
+            Some("point") => &mut points,
+            Some("info") => {
+                info = v;
+                continue;
             }
-            Some("point") => points.push(v),
-            Some("info") => info = v,
-            _ => {}
+            _ => continue,
+        };
+        match list.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, reps)) => reps.push(v),
+            None => list.push((name, vec![v])),
         }
     }
+    let anchors: Map<String, Value> = anchors
+        .into_iter()
+        .map(|(n, reps)| (n, merge_reps(reps)))
+        .collect();
+    let points: Vec<Value> = points.into_iter().map(|(_, r)| merge_reps(r)).collect();
     if points.is_empty() && anchors.is_empty() {
         return Err("no figures from the guest (no FLB lines)".into());
     }
@@ -233,6 +243,49 @@ fn build(guest: &str, flbench: &str, meta: Map<String, Value>) -> Result<Value, 
         .into();
     r["figures"] = Value::Object(figures);
     Ok(r)
+}
+
+/// One object from the repetitions of a figure: each number is the median over the repetitions
+/// (upper median), arrays (histograms) are summed, the rest is the first one's; `reps` says how
+/// many there were and `mib_per_s_reps` lists every repetition's rate.
+fn merge_reps(mut reps: Vec<Value>) -> Value {
+    if reps.len() == 1 {
+        return reps.pop().unwrap_or(Value::Null);
+    }
+    let n = reps.len();
+    let mut out = reps[0].clone();
+    let Some(obj) = out.as_object_mut() else {
+        return out;
+    };
+    for (k, v) in obj.iter_mut() {
+        if v.is_number() {
+            let mut xs: Vec<f64> = reps.iter().filter_map(|r| r[k].as_f64()).collect();
+            xs.sort_by(f64::total_cmp);
+            if let Some(m) = xs.get(xs.len() / 2) {
+                *v = if v.is_f64() {
+                    json!(m)
+                } else {
+                    json!(*m as i64)
+                };
+            }
+        } else if let Some(a) = v.as_array() {
+            let sum: Vec<f64> = (0..a.len())
+                .map(|i| reps.iter().filter_map(|r| r[k][i].as_f64()).sum())
+                .collect();
+            *v = json!(sum);
+        }
+    }
+    // An error in any repetition is reported.
+    if let Some(e) = reps
+        .iter()
+        .find_map(|r| r["error"].as_i64().filter(|e| *e != 0))
+    {
+        obj.insert("error".into(), json!(e));
+    }
+    obj.insert("reps".into(), json!(n));
+    let rates: Vec<Value> = reps.iter().map(|r| r["mib_per_s"].clone()).collect();
+    obj.insert("mib_per_s_reps".into(), Value::Array(rates));
+    out
 }
 
 fn num(v: &Value) -> Option<f64> {
@@ -325,6 +378,15 @@ fn ratios(r: &Value) -> (Map<String, Value>, Map<String, Value>) {
         div(num(&sc["device_p99_ms"]), num(&sc["cpu_p99_ms"])),
     );
     putf("single_fault_added_latency_us", added);
+    let one_n = &a["one_page_job_noprefetch"];
+    let added_n = match (num(&one_n["fault_p50_us"]), num(&one_n["nofault_p50_us"])) {
+        (Some(f), Some(n)) => Some(f - n),
+        _ => None,
+    };
+    putf(
+        "single_fault_added_latency_vs_fence_rtt_noprefetch",
+        div(added_n, num(&a["fence_rtt"]["p50_us"])),
+    );
     putf(
         "fault_in_vs_transfer_ceiling",
         div(base, num(&dp["mib_per_s"])),
@@ -391,10 +453,17 @@ fn table(r: &Value) -> String {
     let f = &r["figures"];
     let _ = writeln!(
         s,
-        "{:<42} {:>8} {:>8}  (issue 6)",
+        "{:<42} {:>8} {:>8}       device p99 / CPU p99 under the storm (issue 6)",
         "storm_p99_vs_cpu_p99",
         fmt_opt(&f["storm_p99_vs_cpu_p99"], 2),
         "<=5"
+    );
+    let _ = writeln!(
+        s,
+        "{:<42} {:>8} {:>8}       single_fault_added_latency_vs_fence_rtt with prefetch N",
+        "  (with prefetch N)",
+        fmt_opt(&f["single_fault_added_latency_vs_fence_rtt_noprefetch"], 2),
+        ""
     );
 
     let a = &r["anchors"];
@@ -465,16 +534,20 @@ fn table(r: &Value) -> String {
             fmt_opt(&(num(&dp["job_cold_ns"]).map(|x| x / 1e6).into()), 1)
         ),
     );
-    let one = &a["one_page_job"];
-    row(
-        &mut s,
-        "one-page job p50, fault | no fault",
-        format!(
-            "{} | {} us",
-            fmt_opt(&one["fault_p50_us"], 0),
-            fmt_opt(&one["nofault_p50_us"], 0)
-        ),
-    );
+    for (n, label) in [
+        ("one_page_job", "one-page job p50, fault | no fault"),
+        ("one_page_job_noprefetch", "same, prefetch N"),
+    ] {
+        row(
+            &mut s,
+            label,
+            format!(
+                "{} | {} us",
+                fmt_opt(&a[n]["fault_p50_us"], 0),
+                fmt_opt(&a[n]["nofault_p50_us"], 0)
+            ),
+        );
+    }
     let mu = &a["munmap"];
     row(
         &mut s,
@@ -535,7 +608,10 @@ fn table(r: &Value) -> String {
         let _ = writeln!(
             s,
             "{:<20} {:>4} {:>7} {:>8} {:>8} {:>7} {:>6} {:>5} {:>17} {:>11} {:>6} {:>4}{}",
-            p["name"].as_str().unwrap_or("?"),
+            match p["reps"].as_i64() {
+                Some(n) => format!("{} (x{n})", p["name"].as_str().unwrap_or("?")),
+                None => p["name"].as_str().unwrap_or("?").to_string(),
+            },
             fmt_opt(&p["mib"], 0),
             fmt_opt(&p["mib_per_s"], 1),
             fmt_opt(&p["pages_per_s"], 0),
@@ -556,7 +632,8 @@ fn table(r: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "latency: the device's fault->replay histogram (log2 buckets; each figure is its bucket's upper bound)"
+        "latency: the device's fault->replay histogram (log2 buckets; each figure is its bucket's upper bound);\n\
+         (xN): N repetitions spread over the run, each figure their median"
     );
     s
 }
@@ -579,6 +656,8 @@ FLB {"kind":"anchor","name":"fence_rtt","p50_us":50}
 FLB {"kind":"anchor","name":"one_page_job","fault_p50_us":300,"nofault_p50_us":200}
 FLB {"kind":"point","name":"base","error":0,"mib_per_s":200,"lat_hist":[1,2,3]}
 FLB {"kind":"point","name":"storm_own","error":0,"mib_per_s":50}
+FLB {"kind":"point","name":"storm_own","error":0,"mib_per_s":70}
+FLB {"kind":"point","name":"storm_own","error":0,"mib_per_s":40}
 "#;
         let r = build(guest, "fence_us p50=3 p99=4\n", Map::new()).unwrap();
         let q = &r["ratios"];
@@ -587,6 +666,7 @@ FLB {"kind":"point","name":"storm_own","error":0,"mib_per_s":50}
         assert_eq!(q["fault_in_vs_driver_only_mirror"], json!(0.5));
         assert_eq!(q["single_fault_added_latency_vs_fence_rtt"], json!(2.0));
         assert_eq!(q["storm_vs_quiet"], json!(0.25));
+        assert_eq!(r["points"][1]["reps"], json!(3));
         assert_eq!(q["munmap_device_mapped_vs_cpu_only"], Value::Null);
         assert_eq!(r["fl_bench"]["fence_us"]["p99"], json!(4.0));
         assert!(table(&r).contains("MISS"));
