@@ -284,7 +284,9 @@ fn merge_reps(mut reps: Vec<Value>) -> Value {
     }
     obj.insert("reps".into(), json!(n));
     let rates: Vec<Value> = reps.iter().map(|r| r["mib_per_s"].clone()).collect();
-    obj.insert("mib_per_s_reps".into(), Value::Array(rates));
+    if rates.iter().any(|v| !v.is_null()) {
+        obj.insert("mib_per_s_reps".into(), Value::Array(rates));
+    }
     out
 }
 
