@@ -891,6 +891,14 @@ int main(int argc, char **argv)
 		anchor_munmap(len);
 	}
 	anchor_mirror("mirror_4k_4k", quick ? len / 4 : len, 0, PAGE);
+	/* The HMM ceiling by window size: what a window policy can reach. */
+	for (i = 0; i < 5; i++) {
+		static const unsigned int kib[] = { 4, 16, 64, 256, 2048 };
+		char name[32];
+
+		snprintf(name, sizeof(name), "mirror_window_%uk", kib[i]);
+		anchor_mirror(name, len / 4, 0, kib[i] * 1024ul);
+	}
 	anchor_one_page("one_page_job", quick ? 50 : 200);
 	/* The same with fault windows ending at the faulting page. */
 	if (!param_set("prefetch", "N")) {

@@ -517,6 +517,15 @@ fn table(r: &Value) -> String {
             ),
         );
     }
+    let wins: Vec<String> = ["4k", "16k", "64k", "256k", "2048k"]
+        .iter()
+        .map(|w| fmt_opt(&a[format!("mirror_window_{w}")]["mib_per_s"], 0))
+        .collect();
+    row(
+        &mut s,
+        "mirror by window 4K/16K/64K/256K/2M",
+        format!("{} MiB/s", wins.join(" / ")),
+    );
     let dp = &a["device_prefaulted"];
     row(
         &mut s,

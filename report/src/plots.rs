@@ -235,6 +235,25 @@ pub fn draw_all(r: &Value, dir: &Path) -> Result<Vec<String>, String> {
     )?;
     done("throughput_vs_window");
 
+    let mut w: Vec<(f64, f64)> = a
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("mirror_window_"))
+        .filter_map(|(_, v)| Some((v["window"].as_f64()? / 1024.0, v["mib_per_s"].as_f64()?)))
+        .collect();
+    w.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let p = crate::svg_path(dir, "hmm_ceiling_vs_window");
+    line_plot(
+        &p,
+        "Driver-only mirror (hmm_range_fault, no device) vs window size, 4 KiB pages",
+        "window (KiB)",
+        "MiB/s",
+        &[("FL_IOC_MIRROR_BENCH".into(), w)],
+        true,
+    )?;
+    done("hmm_ceiling_vs_window");
+
     let mut cdfs = Vec::new();
     for p in points(r) {
         let Some(h) = p["lat_hist"].as_array() else {
