@@ -94,7 +94,7 @@ fn bar_plot(path: &Path, title: &str, ydesc: &str, bars: &[(String, f64)]) -> Re
         return Ok(());
     }
     let ymax = bars.iter().map(|b| b.1).fold(0f64, f64::max).max(1e-9) * 1.15;
-    let root = SVGBackend::new(path, (120 * bars.len() as u32 + 160, 540)).into_drawing_area();
+    let root = SVGBackend::new(path, (180 * bars.len() as u32 + 160, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let n = bars.len() as u32;
     let mut chart = ChartBuilder::on(&root)
@@ -313,8 +313,8 @@ pub fn draw_all(r: &Value, dir: &Path) -> Result<Vec<String>, String> {
         }
     }
     for (label, key) in [
-        ("8 MiB COPY device, storm", "device_mib_per_s"),
-        ("8 MiB memcpy CPU, storm", "cpu_mib_per_s"),
+        ("COPY 8 MiB, device, storm", "device_mib_per_s"),
+        ("memcpy 8 MiB, CPU, storm", "cpu_mib_per_s"),
     ] {
         if let Some(v) = sc[key].as_f64() {
             bars.push((label.into(), v));
