@@ -227,6 +227,9 @@ impl Engine {
         };
         let engine = immediate.is_none().then(|| self.pick_engine(d.spec.engine));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if crate::trace::enabled() {
+            crate::trace::job_start(id);
+        }
         let job = Arc::new(Job::new(id, d.spec, engine, self.lanes_per_engine));
         let closed = {
             let mut book = lock(&self.book);
@@ -275,6 +278,10 @@ impl Engine {
             replays: sat16(job.replays.load(Ordering::Relaxed)),
             status,
         };
+        if crate::trace::enabled() {
+            let faults = job.faults.load(Ordering::Relaxed);
+            crate::trace::job_end(job.id, job.spec.seq, status, faults);
+        }
         match rec.write(&shared.mem.memory(), job.spec.record) {
             Ok(()) => {
                 if job.spec.irq && status != abi::JOB_ABORTED {

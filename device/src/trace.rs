@@ -9,11 +9,14 @@
 //!   once per batch, after it fetched the batch's entries, serviced them and saw its REPLAY complete
 //!   (so the entries posted before a GET and after the previous one are, roughly, that batch);
 //! - "commands": REPLAY, INVALIDATE (a slice: until no access that used an old translation runs)
-//!   and FENCE.
+//!   and FENCE;
+//! - "jobs": each job from the command worker consuming it to its completion record (args: seq,
+//!   status, faults).
 //!
 //! At most [`MAX_EVENTS`] events are kept; later ones are counted and dropped. [`flush`] writes the
 //! file (the server calls it when a client session ends).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,12 +34,15 @@ struct State {
     path: PathBuf,
     epoch: Instant,
     events: Mutex<Vec<Event>>,
+    /// Start times of the jobs in flight, by device job id.
+    jobs: Mutex<HashMap<u64, u64>>,
 }
 
 /// Track (Perfetto process) ids.
 const PID_LANES: u32 = 1;
 const PID_RING: u32 = 2;
 const PID_CMDS: u32 = 3;
+const PID_JOBS: u32 = 4;
 
 struct Event {
     name: &'static str,
@@ -55,6 +61,7 @@ pub fn start(path: PathBuf) {
         path,
         epoch: Instant::now(),
         events: Mutex::new(Vec::new()),
+        jobs: Mutex::new(HashMap::new()),
     });
     ENABLED.store(true, Ordering::Relaxed);
 }
@@ -125,6 +132,33 @@ pub(crate) fn fault(
     });
 }
 
+/// Job `id` was consumed from the queue.
+pub(crate) fn job_start(id: u64) {
+    let Some(s) = STATE.get() else { return };
+    let t = now();
+    s.jobs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, t);
+}
+
+/// Job `id` (queue sequence `seq`) wrote its completion record.
+pub(crate) fn job_end(id: u64, seq: u64, status: u32, faults: u32) {
+    let Some(s) = STATE.get() else { return };
+    let start = s.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    let Some(start) = start else { return };
+    let end = now();
+    push(Event {
+        name: "job",
+        ph: 'X',
+        pid: PID_JOBS,
+        tid: 1,
+        ts_ns: start,
+        dur_ns: end.saturating_sub(start),
+        args: format!("{{\"seq\":{seq},\"status\":{status},\"faults\":{faults}}}"),
+    });
+}
+
 /// The driver wrote `FL_REG_FR_GET` = `get`: it retired a batch up to there.
 pub(crate) fn get_doorbell(get: u32) {
     push(Event {
@@ -170,6 +204,7 @@ fn json(events: &[Event]) -> String {
     meta(&mut s, "process_name", PID_LANES, 0, "device lanes");
     meta(&mut s, "process_name", PID_RING, 0, "fault ring");
     meta(&mut s, "process_name", PID_CMDS, 0, "commands");
+    meta(&mut s, "process_name", PID_JOBS, 0, "jobs");
     meta(&mut s, "thread_name", PID_RING, 1, "entries posted");
     meta(
         &mut s,
