@@ -29,6 +29,7 @@
  * now mapped buffer) and servicing = job - transfer, retries, retry timeouts
  * and escalations (debugfs "escalations" if the driver has it, else null).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -197,7 +198,7 @@ static void *map(size_t len, int thp)
 
 static int param_get(const char *name, char *buf, size_t len)
 {
-	char path[256];
+	char path[320];
 
 	snprintf(path, sizeof(path), PARAMS "%s", name);
 	return fl_read_file(path, buf, len);
@@ -205,7 +206,7 @@ static int param_get(const char *name, char *buf, size_t len)
 
 static int param_set(const char *name, const char *v)
 {
-	char path[256];
+	char path[320];
 	FILE *f;
 	int err;
 
@@ -215,6 +216,26 @@ static int param_set(const char *name, const char *v)
 		return -1;
 	err = fputs(v, f) < 0;
 	return fclose(f) || err ? -1 : 0;
+}
+
+/* "params": every module parameter of the driver as it is now. */
+static void jparams(void)
+{
+	DIR *d = opendir(PARAMS);
+	struct dirent *e;
+	char v[64];
+	int n = 0;
+
+	jkey("params");
+	jraw("{");
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.' || param_get(e->d_name, v, sizeof(v)))
+			continue;
+		jraw("%s\"%s\":\"%s\"", n++ ? "," : "", e->d_name, v);
+	}
+	jraw("}");
+	if (d)
+		closedir(d);
 }
 
 static double secs(uint64_t ns)
@@ -391,10 +412,11 @@ static void run_point(const struct point *pt)
 		return;
 	}
 	snprintf(batch, sizeof(batch), "%u", pt->batch);
-	param_set("fault_batch", batch);
-	param_set("prefetch", pt->prefetch);
-	if (pt->pname)
-		param_set(pt->pname, pt->pval);
+	if (param_set("fault_batch", batch) || param_set("prefetch", pt->prefetch) ||
+	    (pt->pname && param_set(pt->pname, pt->pval))) {
+		printf("# %s: cannot set the driver's parameters, skipped\n", pt->name);
+		return;
+	}
 	printf("# point %s\n", pt->name);
 	fflush(stdout);
 
@@ -455,6 +477,7 @@ static void run_point(const struct point *pt)
 		jstr("param", pt->pname);
 		jstr("param_value", pt->pval);
 	}
+	jparams();
 	jint("error", err);
 	jint("job_ns", job_ns);
 	jnum("mib_per_s", job_ns ? len / MIB / secs(job_ns) : 0);
@@ -866,6 +889,7 @@ int main(int argc, char **argv)
 	jint("escalations_counter", dbg_counter("escalations") >= 0);
 	jstr("default_fault_batch", pb);
 	jstr("default_prefetch", pp);
+	jparams();
 	jend();
 
 	/* Anchors first, on equal buffers. */
