@@ -65,7 +65,9 @@
  * writes to private anonymous memory a write population of the absent
  * pages only (fresh zeroed pages; present pages are never write-faulted).
  * A failure there (SIGBUS past the end of a short file, a poisoned page)
- * is ignored: prefetch never changes what a fault means.
+ * is ignored: prefetch never changes what a fault means. It yields: new
+ * faults of the context outside the window end it between chunks of
+ * FL_PREFETCH_CHUNK pages (what it populated so far is mapped).
  *
  * Cancels. A fault is cancelled when its page has no usable VMA, when it
  * writes to a VMA without VM_WRITE (write and atomic only; its reads are
@@ -87,6 +89,7 @@
 #define FL_TRANSIENT_TRIES	8
 #define FL_BACKOFF_MAX_MS	128
 #define FL_PASS_PREFETCH	16	/* windows one pass may prefetch */
+#define FL_PREFETCH_CHUNK	32	/* pages populated between checks for faults */
 
 /* What a pass collects (struct on the work's stack). */
 struct fl_pass {
@@ -512,8 +515,29 @@ transient:
 }
 
 /*
+ * Records are queued for the context outside [ws, we): stalled accesses
+ * that the prefetch of that window will not satisfy come first. Faults
+ * inside the window wait for it: it is about to populate their pages.
+ */
+static bool fl_ctx_pending(struct fl_ctx *ctx, u64 ws, u64 we)
+{
+	bool pending = false;
+	u32 i;
+
+	if (!READ_ONCE(ctx->fq_n) && !READ_ONCE(ctx->fq_replay))
+		return false;
+	spin_lock(&ctx->fq_lock);
+	pending = ctx->fq_replay;
+	for (i = 0; i < ctx->fq_n && !pending; i++)
+		pending = ctx->fq[i].va < ws || ctx->fq[i].va >= we;
+	spin_unlock(&ctx->fq_lock);
+	return pending;
+}
+
+/*
  * Populate the window of @va after the replay (see "Prefetch"): best
- * effort, a few collisions end it, failures are ignored.
+ * effort, a few collisions end it, failures are ignored, new faults of the
+ * context end it early (what it populated so far is still mapped).
  */
 static void fl_prefetch_window(struct fl_ctx *ctx, u64 va, bool write,
 			       struct fl_span *changed)
@@ -547,8 +571,12 @@ again:
 	ret = fl_hmm_snapshot(b, seq, pfns, ws, we);
 	if (ret)
 		goto collided;
-	/* Runs of absent pages only: present ones keep what they have. */
-	for (p = ws; p < we; p = q) {
+	/*
+	 * Runs of absent pages only (present ones keep what they have), at
+	 * most FL_PREFETCH_CHUNK pages at a time: faults queued meanwhile end
+	 * the prefetch, so that it never holds up a stalled access for long.
+	 */
+	for (p = ws; p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
 		unsigned long flags = HMM_PFN_REQ_FAULT |
 				      (write ? HMM_PFN_REQ_WRITE : 0);
 
@@ -556,7 +584,7 @@ again:
 			q = p + PAGE_SIZE;
 			continue;
 		}
-		for (q = p + PAGE_SIZE; q < we &&
+		for (q = p + PAGE_SIZE; q < we && q < p + FL_PREFETCH_CHUNK * PAGE_SIZE &&
 		     !(pfns[(q - ws) >> PAGE_SHIFT] & HMM_PFN_VALID); q += PAGE_SIZE)
 			;
 		ret = fl_hmm_fault(b, seq, pfns, ws, p, q, flags);
@@ -893,7 +921,7 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 		fl_transient_note(ctx, &f[i]);
 	fl_ctx_send(ctx, f, m, &ps.changed, replay, mm_ok);
 
-	for (i = 0; i < ps.nprefetch; i++) {
+	for (i = 0; i < ps.nprefetch && !fl_ctx_pending(ctx, 0, 0); i++) {
 		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
 			goto out;
 		fl_prefetch_window(ctx, ps.prefetch[i].va, ps.prefetch[i].write,

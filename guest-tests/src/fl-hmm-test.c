@@ -614,11 +614,13 @@ static int t_window_policy(char *why, size_t wlen)
 	const size_t len = HUGE;
 	unsigned char *p = map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
 	unsigned char *q = map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
+	char old_pct[16] = "10";
 	struct fl_ioc_job j;
 	int fd = open_dev(), err, rc = PASS, n;
 	size_t off;
 
 	CHECK(p && q && fd >= 0, "setup");
+	fl_read_file("/sys/module/faultline/parameters/prefetch_pct", old_pct, sizeof(old_pct));
 	madvise(p, len, MADV_NOHUGEPAGE);
 	madvise(q, len, MADV_NOHUGEPAGE);
 	CHECK(!set_param("prefetch", "N"), "cannot set prefetch");
@@ -647,7 +649,7 @@ static int t_window_policy(char *why, size_t wlen)
 	printf("# window_policy: one-page faults populate 1 page (prefetch=N), %d pages (prefetch=Y)\n", n);
 out:
 	set_param("prefetch", "Y");
-	set_param("prefetch_pct", "0");
+	set_param("prefetch_pct", old_pct);
 	if (p)
 		munmap(p, len);
 	if (q)
