@@ -6,8 +6,8 @@
 //! - "device lanes", one row per lane: a slice from the lane stalling on a fault to its access
 //!   resuming (args: context, page, access, outcome), with an instant when its entry was posted;
 //! - "fault ring": every entry posted, and every `FL_REG_FR_GET` doorbell, which the driver writes
-//!   once per batch, after it fetched the batch's entries, serviced them and saw its REPLAY complete
-//!   (so the entries posted before a GET and after the previous one are, roughly, that batch);
+//!   once per batch it takes off the ring (today's driver: right after fetching, before servicing),
+//!   so the entries posted before a GET and after the previous one are, roughly, that batch;
 //! - "commands": REPLAY, INVALIDATE (a slice: until no access that used an old translation runs)
 //!   and FENCE;
 //! - "jobs": each job from the command worker consuming it to its completion record (args: seq,
@@ -159,10 +159,10 @@ pub(crate) fn job_end(id: u64, seq: u64, status: u32, faults: u32) {
     });
 }
 
-/// The driver wrote `FL_REG_FR_GET` = `get`: it retired a batch up to there.
+/// The driver wrote `FL_REG_FR_GET` = `get`: it took a batch up to there off the ring.
 pub(crate) fn get_doorbell(get: u32) {
     push(Event {
-        name: "GET (batch retired)",
+        name: "GET (batch fetched)",
         ph: 'i',
         pid: PID_RING,
         tid: 2,
@@ -211,7 +211,7 @@ fn json(events: &[Event]) -> String {
         "thread_name",
         PID_RING,
         2,
-        "GET doorbells (driver batches retired)",
+        "GET doorbells (driver batches fetched)",
     );
     meta(
         &mut s,
@@ -288,7 +288,7 @@ mod tests {
                 args: "{\"ctx\":1}".into(),
             },
             Event {
-                name: "GET (batch retired)",
+                name: "GET (batch fetched)",
                 ph: 'i',
                 pid: PID_RING,
                 tid: 2,

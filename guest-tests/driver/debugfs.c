@@ -41,6 +41,16 @@ static const struct fl_dbg_counter fl_dbg_counters[] = {
 	FL_DBG_FST(notifier_busy),
 	FL_DBG_FST(worker_runs),
 	FL_DBG_FST(stale),
+	FL_DBG_FST(escalations),
+	FL_DBG_FST(deferrals),
+	FL_DBG_FST(transient_cancels),
+	FL_DBG_FST(cancels_dropped),
+	FL_DBG_FST(prefetch_blocks),
+	FL_DBG_FST(prefetch_pages),
+	FL_DBG_FST(blocks),
+	FL_DBG_FST(job_timeouts),
+	FL_DBG_FST(begin_wait_ns),
+	FL_DBG_FST(ctx_passes),
 	FL_DBG_IRQ(FL_VEC_QUEUE, "irq_queue"),
 	FL_DBG_IRQ(FL_VEC_FAULT, "irq_fault"),
 	FL_DBG_IRQ(FL_VEC_ERROR, "irq_error"),
@@ -66,6 +76,7 @@ static int fl_dbg_counters_show(struct seq_file *m, void *unused)
 							fl_dbg_counters[i].offset)));
 	seq_printf(m, "fault_batch %u\n", READ_ONCE(fl_fault_batch_max));
 	seq_printf(m, "prefetch %d\n", READ_ONCE(fl_fault_prefetch));
+	seq_printf(m, "prefetch_pct %u\n", READ_ONCE(fl_prefetch_pct));
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(fl_dbg_counters);

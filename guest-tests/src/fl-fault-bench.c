@@ -27,7 +27,8 @@
  * latency p50/p99/p999 (the device's log2 histogram: each figure is the
  * upper bound of its bucket), the transfer time (the same job again on the
  * now mapped buffer) and servicing = job - transfer, retries, retry timeouts
- * and escalations (debugfs "escalations" if the driver has it, else null).
+ * and escalations, deferrals, post-replay prefetch and the time spent in
+ * mmu_interval_read_begin() (FL_IOC_FAULT_STATS).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -104,16 +105,6 @@ static void jint(const char *k, long long v)
 	jraw("%lld", v);
 }
 
-/* A counter that may not exist: negative prints null. */
-static void jopt(const char *k, long long v)
-{
-	jkey(k);
-	if (v < 0)
-		jraw("null");
-	else
-		jraw("%lld", v);
-}
-
 static void jstr(const char *k, const char *v)
 {
 	jkey(k);
@@ -132,7 +123,6 @@ static void jend(void)
 struct snap {
 	struct fl_ioc_fault_stats f;
 	struct fl_ioc_stats d;
-	long long escalations;
 };
 
 /* A debugfs counter of the driver, or -1 if the driver has none by that name. */
@@ -153,7 +143,6 @@ static void take(struct snap *s)
 	memset(s, 0, sizeof(*s));
 	fl_ioctl(fd, FL_IOC_FAULT_STATS, &s->f);
 	fl_ioctl(fd, FL_IOC_STATS, &s->d);
-	s->escalations = dbg_counter("escalations");
 }
 
 #define FD(field) ((long long)(b.f.field - a.f.field))
@@ -497,8 +486,13 @@ static void run_point(const struct point *pt)
 	jint("cancels", FD(cancels));
 	jint("invalidations", FD(invalidations));
 	jint("notifier_calls", FD(notifier_calls));
-	jopt("escalations", a.escalations < 0 || b.escalations < 0 ? -1 :
-	     b.escalations - a.escalations);
+	jint("escalations", FD(escalations));
+	jint("deferrals", FD(deferrals));
+	jint("transient_cancels", FD(transient_cancels));
+	jint("prefetch_blocks", FD(prefetch_blocks));
+	jint("prefetch_pages", FD(prefetch_pages));
+	jint("begin_wait_ns", FD(begin_wait_ns));
+	jint("ctx_passes", FD(ctx_passes));
 	jint("dev_faults", DD(FL_STAT_FAULTS_READ) + DD(FL_STAT_FAULTS_WRITE) +
 	     DD(FL_STAT_FAULTS_ATOMIC));
 	jint("dev_duplicates", DD(FL_STAT_DUPLICATES));
@@ -886,7 +880,7 @@ int main(int argc, char **argv)
 	jint("tlb_entries", info.tlb_entries);
 	jint("context", b.context);
 	jint("debugfs", dbg_dir[0] != 0);
-	jint("escalations_counter", dbg_counter("escalations") >= 0);
+	jint("debugfs_counters", dbg_counter("faults") >= 0);
 	jstr("default_fault_batch", pb);
 	jstr("default_prefetch", pp);
 	jparams();
@@ -970,6 +964,21 @@ matrix:
 		add(&base, "procs", "procs_4")->procs = 4;
 	add(&base, "storm", "storm_own")->storm = STORM_OWN;
 	add(&base, "storm", "storm_unrelated")->storm = STORM_UNRELATED;
+	/* Prefetch policy: populate the block after the replay once P % is mapped. */
+	for (i = 0; i < 4; i++) {
+		static const char *const pct[] = { "0", "10", "50", "100" };
+
+		if (quick && i % 2)
+			continue;
+		p = add(&base, "param", "prefetch_pct_%s", pct[i]);
+		p->pname = "prefetch_pct";
+		p->pval = pct[i];
+	}
+	/* Escalation at the first collision, under a storm on the job's pages. */
+	p = add(&base, "storm", "storm_own_escalate_1");
+	p->storm = STORM_OWN;
+	p->pname = "escalate_after";
+	p->pval = "1";
 	if (!quick) {
 		add(&base, "size", "size_64")->mib = 64;
 		add(&base, "size", "size_512")->mib = 512;
