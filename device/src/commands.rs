@@ -106,11 +106,11 @@ impl Extension for DeviceExtension {
             abi::OP_REPLAY => {
                 let c = ctx_or_all(cmd, ctx)?;
                 let now = sh.clock.now_ns();
+                let traced = crate::trace::enabled().then(crate::trace::now);
                 let n = ctx.effect(|_| eng.stalls.replay(c, now))?;
                 debug!("REPLAY ctx {c:#x}: {n} lanes released");
-                if crate::trace::enabled() {
-                    let args = format!("{{\"ctx\":{c},\"lanes\":{n}}}");
-                    crate::trace::command("REPLAY", crate::trace::now(), args);
+                if let Some(t) = traced {
+                    crate::trace::replay(t, c, n);
                 }
             }
             abi::OP_CANCEL => {

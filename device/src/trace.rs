@@ -4,7 +4,8 @@
 //! Off unless [`start`] was called (the server's `--trace PATH`); every hook first does one relaxed
 //! atomic load ([`enabled`]). Tracks:
 //! - "device lanes", one row per lane: a slice from the lane stalling on a fault to its access
-//!   resuming (args: context, page, access, outcome), with an instant when its entry was posted;
+//!   resuming (args: context, page, access, outcome, and how long after the entry was posted the
+//!   driver fetched it and the REPLAY released it), with an instant when its entry was posted;
 //! - "fault ring": every entry posted, and every `FL_REG_FR_GET` doorbell, which the driver writes
 //!   once per batch it takes off the ring (today's driver: right after fetching, before servicing),
 //!   so the entries posted before a GET and after the previous one are, roughly, that batch;
@@ -53,6 +54,9 @@ struct Event {
     ts_ns: u64,
     dur_ns: u64,
     args: String,
+    /// Faults: when the entry was posted, and the context (REPLAY: its context, or 0xffff for all),
+    /// from which [`json`] finds the GET that fetched the entry and the REPLAY that released it.
+    link: Option<(u64, u16)>,
 }
 
 /// Turns tracing on; events go to `path` at each [`flush`]. Only the first call counts.
@@ -111,6 +115,7 @@ pub(crate) fn fault(
         ts_ns: start_ns,
         dur_ns: end.saturating_sub(start_ns),
         args: args.clone(),
+        link: Some((posted_ns, ctx)),
     });
     push(Event {
         name: "entry posted",
@@ -120,6 +125,7 @@ pub(crate) fn fault(
         ts_ns: posted_ns,
         dur_ns: 0,
         args: String::new(),
+        link: None,
     });
     push(Event {
         name: "entry posted",
@@ -129,6 +135,7 @@ pub(crate) fn fault(
         ts_ns: posted_ns,
         dur_ns: 0,
         args,
+        link: None,
     });
 }
 
@@ -156,6 +163,7 @@ pub(crate) fn job_end(id: u64, seq: u64, status: u32, faults: u32) {
         ts_ns: start,
         dur_ns: end.saturating_sub(start),
         args: format!("{{\"seq\":{seq},\"status\":{status},\"faults\":{faults}}}"),
+        link: None,
     });
 }
 
@@ -169,6 +177,21 @@ pub(crate) fn get_doorbell(get: u32) {
         ts_ns: now(),
         dur_ns: 0,
         args: format!("{{\"get\":{get}}}"),
+        link: None,
+    });
+}
+
+/// A REPLAY of context `ctx` (0xffff: all), begun at `t`, released `lanes` stalled lanes.
+pub(crate) fn replay(t: u64, ctx: u16, lanes: usize) {
+    push(Event {
+        name: "REPLAY",
+        ph: 'i',
+        pid: PID_CMDS,
+        tid: 1,
+        ts_ns: t,
+        dur_ns: 0,
+        args: format!("{{\"ctx\":{ctx},\"lanes\":{lanes}}}"),
+        link: Some((t, ctx)),
     });
 }
 
@@ -183,6 +206,7 @@ pub(crate) fn command(name: &'static str, start_ns: u64, args: String) {
         ts_ns: start_ns,
         dur_ns: end.saturating_sub(start_ns),
         args,
+        link: None,
     });
 }
 
@@ -229,6 +253,49 @@ fn json(events: &[Event]) -> String {
             &format!("engine {} lane {}", l >> 16, l & 0xffff),
         );
     }
+    // Per fault: the GET that fetched its entry and the REPLAY that released it (the first of each
+    // after the entry was posted; a REPLAY of its context or of all).
+    let gets: Vec<u64> = events
+        .iter()
+        .filter(|e| e.pid == PID_RING && e.tid == 2)
+        .map(|e| e.ts_ns)
+        .collect();
+    let replays: Vec<(u64, u16)> = events
+        .iter()
+        .filter(|e| e.name == "REPLAY")
+        .filter_map(|e| e.link)
+        .collect();
+    let linked = |e: &Event| -> String {
+        let Some((posted, ctx)) = e.link else {
+            return e.args.clone();
+        };
+        let mut extra = String::new();
+        let g = gets.partition_point(|&t| t < posted);
+        if let Some(t) = gets.get(g) {
+            let _ = write!(
+                extra,
+                ",\"fetched_after_us\":{:.1}",
+                (t - posted) as f64 / 1e3
+            );
+        }
+        let r = replays.partition_point(|&(t, _)| t < posted);
+        let end = e.ts_ns + e.dur_ns;
+        if let Some((t, _)) = replays[r..]
+            .iter()
+            .take_while(|(t, _)| *t <= end)
+            .find(|(_, c)| *c == ctx || *c == 0xffff)
+        {
+            let _ = write!(
+                extra,
+                ",\"replay_after_us\":{:.1}",
+                (t - posted) as f64 / 1e3
+            );
+        }
+        match e.args.strip_suffix('}') {
+            Some(head) => format!("{head}{extra}}}"),
+            None => e.args.clone(),
+        }
+    };
     for (i, e) in events.iter().enumerate() {
         let _ = write!(
             s,
@@ -244,7 +311,9 @@ fn json(events: &[Event]) -> String {
         } else {
             s.push_str(",\"s\":\"t\"");
         }
-        if !e.args.is_empty() {
+        if e.link.is_some() && e.pid == PID_LANES {
+            let _ = write!(s, ",\"args\":{}", linked(e));
+        } else if !e.args.is_empty() {
             let _ = write!(s, ",\"args\":{}", e.args);
         }
         s.push('}');
@@ -286,6 +355,7 @@ mod tests {
                 ts_ns: 1500,
                 dur_ns: 2000,
                 args: "{\"ctx\":1}".into(),
+                link: Some((1600, 1)),
             },
             Event {
                 name: "GET (batch fetched)",
@@ -295,12 +365,26 @@ mod tests {
                 ts_ns: 2000,
                 dur_ns: 0,
                 args: String::new(),
+                link: None,
+            },
+            Event {
+                name: "REPLAY",
+                ph: 'i',
+                pid: PID_CMDS,
+                tid: 1,
+                ts_ns: 3100,
+                dur_ns: 0,
+                args: "{\"ctx\":1,\"lanes\":1}".into(),
+                link: Some((3100, 1)),
             },
         ];
         let s = json(&ev);
         assert!(s.starts_with("{\"displayTimeUnit\""));
-        assert!(s.contains("\"ts\":1.500,\"dur\":2.000,\"args\":{\"ctx\":1}},\n"));
-        assert!(s.contains("\"s\":\"t\"}\n]"));
+        assert!(s.contains(
+            "\"ts\":1.500,\"dur\":2.000,\"args\":{\"ctx\":1,\"fetched_after_us\":0.4,\"replay_after_us\":1.5}},\n"
+        ));
+        assert!(s.contains("\"s\":\"t\"},\n"));
+        assert!(s.contains("\"s\":\"t\",\"args\":{\"ctx\":1,\"lanes\":1}}\n]"));
         assert!(s.contains("engine 0 lane 3"));
     }
 }
