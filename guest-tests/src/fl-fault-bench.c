@@ -227,6 +227,18 @@ static void jparams(void)
 		closedir(d);
 }
 
+/*
+ * Parameters the driver applies only when it (re-)programs the device, such
+ * as the fault-interrupt moderation: reset the device after setting one.
+ */
+static void param_apply(const char *name)
+{
+	struct fl_ioc_reset r = {};
+
+	if (!strcmp(name, "fr_irq_delay_us") || !strcmp(name, "fr_entries"))
+		fl_ioctl(fd, FL_IOC_RESET, &r);
+}
+
 static double secs(uint64_t ns)
 {
 	return ns / 1e9;
@@ -404,8 +416,12 @@ static void run_point(const struct point *pt)
 	if (param_set("fault_batch", batch) || param_set("prefetch", pt->prefetch) ||
 	    (pt->pname && param_set(pt->pname, pt->pval))) {
 		printf("# %s: cannot set the driver's parameters, skipped\n", pt->name);
+		if (pt->pname)
+			param_set(pt->pname, old_extra);
 		return;
 	}
+	if (pt->pname)
+		param_apply(pt->pname);
 	printf("# point %s\n", pt->name);
 	fflush(stdout);
 
@@ -445,8 +461,10 @@ static void run_point(const struct point *pt)
 		if (other)
 			munmap(other, 8 * MIB);
 	}
-	if (pt->pname)
+	if (pt->pname) {
 		param_set(pt->pname, old_extra);
+		param_apply(pt->pname);
+	}
 
 	for (i = 0; i < FL_STAT_LAT_BUCKETS; i++)
 		hist[i] = DD(FL_STAT_LAT_BASE + i);
@@ -973,6 +991,16 @@ matrix:
 		p = add(&base, "param", "prefetch_pct_%s", pct[i]);
 		p->pname = "prefetch_pct";
 		p->pval = pct[i];
+	}
+	/* Fault-interrupt moderation (applied by a device reset). */
+	for (i = 0; i < 2; i++) {
+		static const char *const us[] = { "50", "500" };
+
+		if (quick && i)
+			continue;
+		p = add(&base, "param", "fr_irq_delay_us_%s", us[i]);
+		p->pname = "fr_irq_delay_us";
+		p->pval = us[i];
 	}
 	/* Escalation at the first collision, under a storm on the job's pages. */
 	p = add(&base, "storm", "storm_own_escalate_1");

@@ -213,7 +213,12 @@ pub fn draw_all(r: &Value, dir: &Path) -> Result<Vec<String>, String> {
             bars.push((label.replace('\n', " "), v));
         }
     }
-    for p in points(r).filter(|p| p["group"] == "param") {
+    for p in points(r).filter(|p| {
+        p["group"] == "param"
+            && p["param"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("prefetch"))
+    }) {
         if let Some(v) = p["mib_per_s"].as_f64() {
             bars.push((p["name"].as_str().unwrap_or("?").to_string(), v));
         }
