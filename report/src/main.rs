@@ -177,8 +177,11 @@ fn parse_kv_lines(text: &str) -> Map<String, Value> {
         }
         if !obj.is_empty() {
             // fl-bench prints one submit_cmds_per_s line per batch size.
-            let key = match obj.get("batch") {
-                Some(b) => format!("{name}_batch_{}", b.to_string().trim_matches('"')),
+            let batch = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("batch="));
+            let key = match batch {
+                Some(b) => format!("{name}_batch_{b}"),
                 None => name.to_string(),
             };
             m.insert(key, Value::Object(obj));
@@ -582,6 +585,38 @@ fn table(r: &Value) -> String {
             fmt_opt(&sc["device_failures"], 0)
         ),
     );
+
+    let q = &r["fl_bench"];
+    if q.as_object().is_some_and(|o| !o.is_empty()) {
+        let _ = writeln!(s, "\n-- queue (fl-bench, same boot)");
+        for (k, label) in [
+            ("fence_rtt_us", "FENCE with MSI-X, kernel round trip"),
+            ("fence_irq_us", "doorbell -> MSI-X handler"),
+            ("fence_poll_rtt_us", "FENCE polled"),
+        ] {
+            row(
+                &mut s,
+                label,
+                format!(
+                    "p50 {} / p99 {} us",
+                    fmt_opt(&q[k]["p50"], 1),
+                    fmt_opt(&q[k]["p99"], 1)
+                ),
+            );
+        }
+        if let Some(o) = q.as_object() {
+            for (k, v) in o.iter().filter(|(k, _)| k.starts_with("submit_cmds_per_s")) {
+                row(
+                    &mut s,
+                    &format!(
+                        "NOP commands, {}",
+                        k.trim_start_matches("submit_cmds_per_s_")
+                    ),
+                    format!("{} commands/s", fmt_opt(&v["value"], 0)),
+                );
+            }
+        }
+    }
 
     let _ = writeln!(
         s,
