@@ -339,10 +339,16 @@ static int fl_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = fl_alloc_dma(fl);
 	if (ret)
 		goto err_ida;
-	fl->fault_wq = alloc_workqueue("%s-fault", WQ_UNBOUND | WQ_HIGHPRI, 1,
+	fl->fault_wq = alloc_workqueue("%s-fault", WQ_HIGHPRI, 0,
 				       fl->name);
-	/* Per-context fault servicing: contexts run concurrently. */
-	fl->ctx_wq = alloc_workqueue("%s-ctx", WQ_UNBOUND | WQ_HIGHPRI, 0,
+	/*
+	 * Both per-CPU: the fetcher runs where the fault interrupt came in and
+	 * queues the context's pass there, so the fault path crosses no CPU
+	 * (under TCG a cross-CPU wake-up costs about a FENCE round trip).
+	 * Contexts still run concurrently; CPU_INTENSIVE keeps a pass that
+	 * zero-fills a prefetched block from holding up the others.
+	 */
+	fl->ctx_wq = alloc_workqueue("%s-ctx", WQ_HIGHPRI | WQ_CPU_INTENSIVE, 0,
 				     fl->name);
 	if (!fl->fault_wq || !fl->ctx_wq) {
 		ret = -ENOMEM;
