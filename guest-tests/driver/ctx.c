@@ -229,6 +229,21 @@ static void fl_ctx_id_retire(struct fl_ctx *ctx)
 	up_read(&fl->io_rwsem);
 }
 
+/* The context's memory, its mm and device references; the tables are gone. */
+static void fl_ctx_free_mem(struct fl_ctx *ctx)
+{
+	struct fl_dev *fl = ctx->fl;
+
+	mmdrop(ctx->mm);
+	kvfree(ctx->fq);
+	kvfree(ctx->fwork);
+	kfree(ctx->deferred);
+	kvfree(ctx->hmm_pfns);
+	kvfree(ctx->fcmds);
+	kfree(ctx);
+	kref_put(&fl->ref, fl_release_dev);
+}
+
 static void fl_ctx_free(struct kref *ref)
 {
 	struct fl_ctx *ctx = container_of(ref, struct fl_ctx, ref);
@@ -244,14 +259,7 @@ static void fl_ctx_free(struct kref *ref)
 	}
 	for (i = 0; i < ctx->nspare; i++)
 		fl_pt_free(fl, ctx->spare[i], 1);
-	mmdrop(ctx->mm);
-	kvfree(ctx->fq);
-	kvfree(ctx->fwork);
-	kfree(ctx->deferred);
-	kvfree(ctx->hmm_pfns);
-	kvfree(ctx->fcmds);
-	kfree(ctx);
-	kref_put(&fl->ref, fl_release_dev);
+	fl_ctx_free_mem(ctx);
 }
 
 void fl_ctx_put(struct fl_ctx *ctx)
@@ -370,14 +378,7 @@ err_pt:
 err_ida:
 	ida_free(&fl->ctx_ida, ctx->id);
 err_free:
-	mmdrop(mm);
-	kvfree(ctx->fq);
-	kvfree(ctx->fwork);
-	kfree(ctx->deferred);
-	kvfree(ctx->hmm_pfns);
-	kvfree(ctx->fcmds);
-	kfree(ctx);
-	kref_put(&fl->ref, fl_release_dev);
+	fl_ctx_free_mem(ctx);
 	return ERR_PTR(ret);
 }
 

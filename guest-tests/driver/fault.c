@@ -788,6 +788,21 @@ void fl_ctx_backoff_work(struct work_struct *work)
 	fl_ctx_put(ctx);
 }
 
+/* An INVALIDATE of @changed into @cmd if it is not empty; returns 0 or 1. */
+static u32 fl_cmd_invalidate(struct fl_ctx *ctx, const struct fl_span *changed,
+			     struct fl_cmd *cmd)
+{
+	if (changed->start >= changed->end)
+		return 0;
+	*cmd = (struct fl_cmd) {
+		.opcode = FL_OP_INVALIDATE,
+		.context = ctx->id,
+		.args = { changed->start, changed->end - changed->start },
+	};
+	atomic64_inc(&ctx->fl->fst.invalidations);
+	return 1;
+}
+
 /*
  * A cancel decided for "no usable VMA" or "no VM_WRITE" that no longer
  * holds (the page was mapped again). mmap_lock held.
@@ -819,14 +834,7 @@ static void fl_ctx_send(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 m,
 	u32 nc = 0, i;
 	int err;
 
-	if (changed->start < changed->end) {
-		cmds[nc++] = (struct fl_cmd) {
-			.opcode = FL_OP_INVALIDATE,
-			.context = ctx->id,
-			.args = { changed->start, changed->end - changed->start },
-		};
-		atomic64_inc(&fl->fst.invalidations);
-	}
+	nc += fl_cmd_invalidate(ctx, changed, cmds + nc);
 	for (i = 0; i < m; i++) {
 		if (!f[i].cancel)
 			continue;
@@ -880,14 +888,7 @@ static void fl_prefetch_send(struct fl_ctx *ctx, const struct fl_span *changed)
 	struct fl_cmd cmds[2];
 	u32 nc = 0;
 
-	if (changed->start < changed->end) {
-		cmds[nc++] = (struct fl_cmd) {
-			.opcode = FL_OP_INVALIDATE,
-			.context = ctx->id,
-			.args = { changed->start, changed->end - changed->start },
-		};
-		atomic64_inc(&fl->fst.invalidations);
-	}
+	nc += fl_cmd_invalidate(ctx, changed, cmds + nc);
 	cmds[nc++] = (struct fl_cmd) { .opcode = FL_OP_REPLAY, .context = ctx->id };
 	atomic64_inc(&fl->fst.replays);
 	fl_exec(fl, cmds, nc, FLS_NOINTR | FLS_ASYNC);
