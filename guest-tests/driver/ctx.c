@@ -490,7 +490,7 @@ static bool fl_in(u64 va, u64 start, u64 len)
 
 /* Why a job was cancelled: -EPERM if a cancel after @seq0 in its ranges says so. */
 int fl_ctx_cancel_errno(struct fl_ctx *ctx, u64 seq0, u64 src,
-			       u64 slen, u64 dst, u64 dlen)
+			u64 slen, u64 dst, u64 dlen)
 {
 	int err = -EFAULT;
 	unsigned int i;

@@ -237,7 +237,6 @@ static unsigned int fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx,
 	return written;
 }
 
-
 static void fl_fault_cancel(struct fl_fault_rec *f, u8 mask, int err, u8 why)
 {
 	f->cancel = f->mask & mask;

@@ -232,8 +232,9 @@ static int fl_alloc_dma(struct fl_dev *fl)
 	fl->fences = fl->aux + FL_AUX_FENCES;
 	fl->stats = fl->aux + FL_AUX_STATS;
 
-	fl->fr_alloc = max_t(u32, 1024, rounddown_pow_of_two(clamp_t(u32, fl_fr_entries,
-				FL_FR_MIN_ENTRIES, FL_FR_MAX_ENTRIES)));
+	fl->fr_alloc = clamp_t(u32, fl_fr_entries, FL_FR_MIN_ENTRIES,
+			       FL_FR_MAX_ENTRIES);
+	fl->fr_alloc = max_t(u32, 1024, rounddown_pow_of_two(fl->fr_alloc));
 	fl->fr = dma_alloc_coherent(dev, (size_t)fl->fr_alloc * FL_FAULT_SIZE,
 				    &fl->fr_dma, GFP_KERNEL);
 	fl->fbatch = kvcalloc(FL_BATCH_LIMIT, sizeof(*fl->fbatch), GFP_KERNEL);
