@@ -90,7 +90,7 @@
 
 #include "faultline.h"
 
-#define FL_TRANSIENT_TRIES	8
+#define FL_TRANSIENT_TRIES	10
 #define FL_BACKOFF_MAX_MS	128
 #define FL_PASS_PREFETCH	16	/* windows one pass may prefetch */
 #define FL_PREFETCH_CHUNK	32	/* pages populated between checks for faults */

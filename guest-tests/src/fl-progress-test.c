@@ -522,7 +522,7 @@ static void *uffd_fill_main(void *arg)
 
 /*
  * A device read of a page in a userfaultfd-registered range that user space
- * populates (UFFDIO_COPY) 30 ms later: the fault fails meanwhile (the
+ * populates (UFFDIO_COPY) 50 ms later: the fault fails meanwhile (the
  * device's fault cannot wait for the userfaultfd handler), which is
  * transient, so it is retried with backoff, not cancelled, and the job
  * reads the page user space provided.
@@ -549,7 +549,7 @@ static int t_userfaultfd_backoff(char *why, size_t wlen)
 	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
 	CHECK(!ioctl(uffd, UFFDIO_REGISTER, &reg), "UFFDIO_REGISTER: %s", strerror(errno));
 	memset(src, 0x6b, sizeof(src));
-	f = (struct uffd_filler) { .uffd = uffd, .dst = p, .src = src, .delay_us = 30000 };
+	f = (struct uffd_filler) { .uffd = uffd, .dst = p, .src = src, .delay_us = 50000 };
 	stats(fd, &s0);
 	pthread_create(&t, NULL, uffd_fill_main, &f);
 	err = fl_job(fd, &j, FL_JOBOP_CHECKSUM, u(p), 0, PAGE, 0, 1, FL_JOBPAT_SEQ);
