@@ -32,9 +32,12 @@
  *     record inside it; the device generation is checked between windows;
  *  4. send, in this order: INVALIDATE of the span of PTEs that changed while
  *     valid, the CANCELs (re-checked under mmap_lock and sent under it, see
- *     "Cancels"), and one REPLAY of the context; wait;
- *  5. prefetch, after the replay, the windows that qualified (see
- *     "Prefetch"), so that the stalled accesses resume first;
+ *     "Cancels"), and one REPLAY of the context; wait only when there were
+ *     CANCELs;
+ *  5. after the replay, so that the stalled accesses resume first, map
+ *     what the CPU already has in each serviced window, and populate the
+ *     windows that qualify for prefetch (see "Prefetch"); then INVALIDATE
+ *     what changed and REPLAY;
  *  6. drop the mm with mmput_async(): the worker never runs exit_mmap().
  *
  * Forward progress. A window whose hmm_range_fault() result collides with
@@ -55,9 +58,10 @@
  * one kind, reads apart from writes: a device read never write-faults a
  * page (no COW break after fork, no dirtied file page, no real page where
  * the zero page serves), and no page the device did not touch is faulted
- * on the faults' account. Then one snapshot of the window without faulting
- * (default_flags 0) gives what to map, so pages the CPU already has are
- * mapped too; 2 MiB leaves where the CPU maps the whole block with a PMD.
+ * on the faults' account. The runs' own results are mapped at once (a
+ * 2 MiB leaf where the CPU maps the whole block with a PMD) and the REPLAY
+ * leaves; only after it does a snapshot of the window without faulting
+ * (default_flags 0) map what else the CPU has there.
  *
  * Prefetch. Only after the replay, and only for windows whose block is
  * already at least prefetch_pct percent faulted or mapped (0: every
@@ -86,7 +90,7 @@
 
 #include "faultline.h"
 
-#define FL_TRANSIENT_TRIES	8
+#define FL_TRANSIENT_TRIES	10
 #define FL_BACKOFF_MAX_MS	128
 #define FL_PASS_PREFETCH	16	/* windows one pass may prefetch */
 #define FL_PREFETCH_CHUNK	32	/* pages populated between checks for faults */
@@ -97,7 +101,8 @@ struct fl_pass {
 	unsigned int nprefetch;
 	struct {
 		u64 va;			/* a faulting page of the window */
-		bool write;		/* populate for writing */
+		bool populate;		/* populate absent pages too */
+		bool write;		/* ... for writing */
 	} prefetch[FL_PASS_PREFETCH];
 };
 
@@ -192,12 +197,15 @@ static unsigned long fl_hmm_huge_pfn(unsigned long p, u64 va, u64 vs, u64 ve)
 /*
  * Write the PTEs of a window [ws, we) of the VMA [vs, ve) from
  * hmm_range_fault()'s results: a 2 MiB leaf where the CPU maps the whole
- * block with a PMD, else a 4 KiB leaf for each valid page. ctx->lock.
+ * block with a PMD, else a 4 KiB leaf for each valid page. Returns how many
+ * entries it wrote. ctx->lock.
  */
-static void fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx, u64 ws,
-			  u64 we, u64 vs, u64 ve, const unsigned long *pfns,
-			  struct fl_span *changed)
+static unsigned int fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx,
+				  u64 ws, u64 we, u64 vs, u64 ve,
+				  const unsigned long *pfns,
+				  struct fl_span *changed)
 {
+	unsigned int written = 0;
 	u64 va = ws;
 
 	while (va < we) {
@@ -208,13 +216,17 @@ static void fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx, u64 ws,
 		if (hpfn) {
 			p = hpfn | (p & HMM_PFN_WRITE);
 			va = ALIGN_DOWN(va, FL_HUGE_SIZE);
-			if (fl_pt_set(ctx, va, fl_leaf(p) | FL_PTE_LEAF, true, &sp) > 0)
+			if (fl_pt_set(ctx, va, fl_leaf(p) | FL_PTE_LEAF, true, &sp) > 0) {
 				atomic64_inc(&fl->fst.huge_mapped);
+				written++;
+			}
 			va += FL_HUGE_SIZE;
 		} else {
 			if ((p & HMM_PFN_VALID) && !(p & HMM_PFN_ERROR) &&
-			    fl_pt_set(ctx, va, fl_leaf(p), false, &sp) > 0)
+			    fl_pt_set(ctx, va, fl_leaf(p), false, &sp) > 0) {
 				atomic64_inc(&fl->fst.pages_mapped);
+				written++;
+			}
 			va += PAGE_SIZE;
 		}
 		if (sp.start < sp.end) {
@@ -222,8 +234,8 @@ static void fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx, u64 ws,
 			fl_span_add(changed, sp.start, sp.end);
 		}
 	}
+	return written;
 }
-
 
 static void fl_fault_cancel(struct fl_fault_rec *f, u8 mask, int err, u8 why)
 {
@@ -463,9 +475,9 @@ again:
 		any_write |= fl_rec_kind(&f[k]) == FL_ACCESS_WRITE;
 	}
 
+	/* The runs fill in their own pages only: those are mapped now. */
+	memset(pfns, 0, ((we - ws) >> PAGE_SHIFT) * sizeof(*pfns));
 	ret = fl_fault_runs(b, seq, vma, pfns, ws, f, k);
-	if (!ret)
-		ret = fl_hmm_snapshot(b, seq, pfns, ws, we);
 	if (ret == -EBUSY)
 		goto collided;
 
@@ -485,11 +497,16 @@ again:
 		f[i].done = 1;
 		need++;
 	}
-	/* Prefetch by need: enough of the block is in use (see the top). */
-	if (READ_ONCE(fl_fault_prefetch) && need && ps->nprefetch < FL_PASS_PREFETCH &&
-	    mapped * 100 >= READ_ONCE(fl_prefetch_pct) * ((we - ws) >> PAGE_SHIFT) &&
+	/*
+	 * After the replay: map what the CPU has in the rest of the window,
+	 * and populate it too when enough of the block is in use (prefetch by
+	 * need, see the top).
+	 */
+	if (need && ps->nprefetch < FL_PASS_PREFETCH &&
 	    mapped < (we - ws) >> PAGE_SHIFT) {
 		ps->prefetch[ps->nprefetch].va = f[0].va;
+		ps->prefetch[ps->nprefetch].populate = READ_ONCE(fl_fault_prefetch) &&
+			mapped * 100 >= READ_ONCE(fl_prefetch_pct) * ((we - ws) >> PAGE_SHIFT);
 		ps->prefetch[ps->nprefetch].write = any_write &&
 			vma_is_anonymous(vma) && !(vma->vm_flags & VM_SHARED);
 		ps->nprefetch++;
@@ -535,18 +552,20 @@ static bool fl_ctx_pending(struct fl_ctx *ctx, u64 ws, u64 we)
 }
 
 /*
- * Populate the window of @va after the replay (see "Prefetch"): best
+ * After the replay, map what the CPU has in the window of @va and, with
+ * @populate, populate its absent pages first (see "Prefetch"): best
  * effort, a few collisions end it, failures are ignored, new faults of the
- * context end it early (what it populated so far is still mapped).
+ * context end the population early (what it populated so far is mapped).
  */
-static void fl_prefetch_window(struct fl_ctx *ctx, u64 va, bool write,
-			       struct fl_span *changed)
+static unsigned int fl_prefetch_window(struct fl_ctx *ctx, u64 va,
+				       bool populate, bool write,
+				       struct fl_span *changed)
 {
 	struct fl_dev *fl = ctx->fl;
 	struct mm_struct *mm = ctx->mm;
 	unsigned long *pfns = ctx->hmm_pfns;
 	struct vm_area_struct *vma;
-	unsigned int tries = 0;
+	unsigned int tries = 0, written;
 	struct fl_block *b;
 	unsigned long seq;
 	u64 ws, we, p, q;
@@ -554,16 +573,16 @@ static void fl_prefetch_window(struct fl_ctx *ctx, u64 va, bool write,
 
 	b = fl_block_get(ctx, va);
 	if (!b)
-		return;
+		return 0;
 again:
 	if (++tries > 3 || fl_pt_prealloc(ctx))
-		return;
+		return 0;
 	seq = mmu_interval_read_begin(&b->notifier);
 	mmap_read_lock(mm);
 	vma = vma_lookup(mm, va);
 	if (!fl_vma_usable(vma)) {
 		mmap_read_unlock(mm);
-		return;
+		return 0;
 	}
 	fl_window(vma, va, &ws, &we);
 	if (write && !(vma->vm_flags & VM_WRITE))
@@ -576,7 +595,7 @@ again:
 	 * most FL_PREFETCH_CHUNK pages at a time: faults queued meanwhile end
 	 * the prefetch, so that it never holds up a stalled access for long.
 	 */
-	for (p = ws; p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
+	for (p = ws; populate && p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
 		unsigned long flags = HMM_PFN_REQ_FAULT |
 				      (write ? HMM_PFN_REQ_WRITE : 0);
 
@@ -602,11 +621,13 @@ again:
 		mutex_unlock(&ctx->lock);
 		goto collided;
 	}
-	fl_window_map(fl, ctx, ws, we, vma->vm_start, vma->vm_end, pfns, changed);
+	written = fl_window_map(fl, ctx, ws, we, vma->vm_start, vma->vm_end,
+				pfns, changed);
 	mutex_unlock(&ctx->lock);
 	mmap_read_unlock(mm);
-	atomic64_inc(&fl->fst.prefetch_blocks);
-	return;
+	if (populate)
+		atomic64_inc(&fl->fst.prefetch_blocks);
+	return written;
 
 collided:
 	mmap_read_unlock(mm);
@@ -766,6 +787,21 @@ void fl_ctx_backoff_work(struct work_struct *work)
 	fl_ctx_put(ctx);
 }
 
+/* An INVALIDATE of @changed into @cmd if it is not empty; returns 0 or 1. */
+static u32 fl_cmd_invalidate(struct fl_ctx *ctx, const struct fl_span *changed,
+			     struct fl_cmd *cmd)
+{
+	if (changed->start >= changed->end)
+		return 0;
+	*cmd = (struct fl_cmd) {
+		.opcode = FL_OP_INVALIDATE,
+		.context = ctx->id,
+		.args = { changed->start, changed->end - changed->start },
+	};
+	atomic64_inc(&ctx->fl->fst.invalidations);
+	return 1;
+}
+
 /*
  * A cancel decided for "no usable VMA" or "no VM_WRITE" that no longer
  * holds (the page was mapped again). mmap_lock held.
@@ -797,14 +833,7 @@ static void fl_ctx_send(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 m,
 	u32 nc = 0, i;
 	int err;
 
-	if (changed->start < changed->end) {
-		cmds[nc++] = (struct fl_cmd) {
-			.opcode = FL_OP_INVALIDATE,
-			.context = ctx->id,
-			.args = { changed->start, changed->end - changed->start },
-		};
-		atomic64_inc(&fl->fst.invalidations);
-	}
+	nc += fl_cmd_invalidate(ctx, changed, cmds + nc);
 	for (i = 0; i < m; i++) {
 		if (!f[i].cancel)
 			continue;
@@ -833,13 +862,35 @@ static void fl_ctx_send(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 m,
 		atomic64_inc(&fl->fst.replays);
 	}
 	if (nc) {
-		err = fl_exec(fl, cmds, nc, FLS_NOINTR);
+		/*
+		 * CANCELs are waited for under mmap_lock (see "Cancels");
+		 * otherwise nothing needs the commands done before the next
+		 * pass, and the REPLAY leaves at once.
+		 */
+		err = fl_exec(fl, cmds, nc, FLS_NOINTR | (locked ? 0 : FLS_ASYNC));
 		if (err)
 			dev_dbg_ratelimited(fl_device(fl), "%s: context %u fault commands: %d\n",
 					    fl->name, ctx->id, err);
 	}
 	if (locked)
 		mmap_read_unlock(ctx->mm);
+}
+
+/*
+ * After a prefetch mapped pages: INVALIDATE what changed while valid, and
+ * REPLAY, since a lane may have stalled on a page the prefetch mapped
+ * (every PTE write is followed by a REPLAY; see fl_ctx_pass()).
+ */
+static void fl_prefetch_send(struct fl_ctx *ctx, const struct fl_span *changed)
+{
+	struct fl_dev *fl = ctx->fl;
+	struct fl_cmd cmds[2];
+	u32 nc = 0;
+
+	nc += fl_cmd_invalidate(ctx, changed, cmds + nc);
+	cmds[nc++] = (struct fl_cmd) { .opcode = FL_OP_REPLAY, .context = ctx->id };
+	atomic64_inc(&fl->fst.replays);
+	fl_exec(fl, cmds, nc, FLS_NOINTR | FLS_ASYNC);
 }
 
 static bool fl_ctx_dying(struct fl_ctx *ctx)
@@ -875,6 +926,7 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 {
 	struct fl_dev *fl = ctx->fl;
 	struct fl_span pchanged = {};
+	unsigned int written = 0;
 	struct fl_pass ps = {};
 	u32 i, m, dups = 0;
 	bool mm_ok;
@@ -894,6 +946,12 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 		}
 	}
 	mutex_unlock(&ctx->lock);
+	/*
+	 * Pages already mapped still need a REPLAY: a lane may have walked
+	 * before their PTE was written and registered its stall after the
+	 * REPLAY that followed the write (spec section 5, rule 1), so that
+	 * REPLAY did not release it.
+	 */
 	atomic64_add(dups, &fl->fst.duplicates);
 	replay |= dups > 0;
 	for (i = 0; i < m; i++)
@@ -924,19 +982,12 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 	for (i = 0; i < ps.nprefetch && !fl_ctx_pending(ctx, 0, 0); i++) {
 		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
 			goto out;
-		fl_prefetch_window(ctx, ps.prefetch[i].va, ps.prefetch[i].write,
-				   &pchanged);
+		written += fl_prefetch_window(ctx, ps.prefetch[i].va,
+					      ps.prefetch[i].populate,
+					      ps.prefetch[i].write, &pchanged);
 	}
-	if (pchanged.start < pchanged.end) {
-		struct fl_cmd cmd = {
-			.opcode = FL_OP_INVALIDATE,
-			.context = ctx->id,
-			.args = { pchanged.start, pchanged.end - pchanged.start },
-		};
-
-		atomic64_inc(&fl->fst.invalidations);
-		fl_exec(fl, &cmd, 1, FLS_NOINTR);
-	}
+	if (written)
+		fl_prefetch_send(ctx, &pchanged);
 	fl_backoff_schedule(ctx);
 out:
 	if (mm_ok)
@@ -1036,7 +1087,7 @@ static bool fl_fault_batch(struct fl_dev *fl)
 		};
 
 		atomic64_inc(&fl->fst.replays);
-		err = fl_exec(fl, &cmd, 1, FLS_NOINTR);
+		err = fl_exec(fl, &cmd, 1, FLS_NOINTR | FLS_ASYNC);
 		if (err)
 			dev_dbg_ratelimited(fl_device(fl), "%s: replay after overflow: %d\n",
 					    fl->name, err);

@@ -33,8 +33,8 @@ const char *fl_err_name(u32 code)
  * Returns 0, -EINTR or -ETIMEDOUT.
  */
 int fl_wait_cond(struct fl_dev *fl,
-			bool (*cond)(struct fl_dev *fl, const void *arg),
-			const void *arg, u64 poll_ns, bool intr)
+		 bool (*cond)(struct fl_dev *fl, const void *arg),
+		 const void *arg, u64 poll_ns, bool intr)
 {
 	ktime_t deadline = ktime_add_ms(ktime_get(), READ_ONCE(fl_timeout_ms));
 
@@ -151,7 +151,7 @@ static bool fl_space_ready(struct fl_dev *fl, const void *arg)
  * FLS_ORDER is given. Sleeps while the ring is full.
  */
 int fl_submit(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
-		     unsigned int flags, struct fl_request *req)
+	      unsigned int flags, struct fl_request *req)
 {
 	const dma_addr_t order_dma = fl_fence_dma(fl, FL_SLOT_ORDER);
 	const u32 mask = fl->cq_entries - 1;
@@ -220,8 +220,13 @@ int fl_submit(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
 	req->end = idx;
 	req->wait_irq = flags & FLS_IRQ;
 	req->intr = !(flags & FLS_NOINTR);
-	req->status = -EINPROGRESS;
-	list_add_tail(&req->node, &fl->inflight);
+	if (flags & FLS_ASYNC) {
+		req->status = 0;	/* nobody waits: not on the list */
+		INIT_LIST_HEAD(&req->node);
+	} else {
+		req->status = -EINPROGRESS;
+		list_add_tail(&req->node, &fl->inflight);
+	}
 	fl->commands += sp.need;
 
 	/*
@@ -494,11 +499,13 @@ err:
 
 /*
  * Queue @n commands (split into chunks when needed) and wait until all have
- * executed, polling the completion fence. FLS_NOINTR for waits that must
+ * executed, polling the completion fence (FLS_ASYNC: queue them and return
+ * at once; they execute in order after everything queued before, and
+ * nobody learns when). FLS_NOINTR for waits that must
  * not end on a signal.
  */
 int fl_exec(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
-		   unsigned int flags)
+	    unsigned int flags)
 {
 	const u32 cap = fl->chunk_max - 1;
 	struct fl_request req;
@@ -508,7 +515,7 @@ int fl_exec(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
 		u32 k = min(n, cap);
 
 		err = fl_submit(fl, cmds, k, flags, &req);
-		if (!err)
+		if (!err && !(flags & FLS_ASYNC))
 			err = fl_wait_request(fl, &req);
 		if (err)
 			return err;
