@@ -577,12 +577,14 @@ fn table(r: &Value) -> String {
         &mut s,
         "8 MiB COPY under storm, device | CPU",
         format!(
-            "{} | {} MiB/s; p99 {} | {} ms; {} device failures",
+            "{} | {} MiB/s; p99 {} | {} ms; {} device failures; storm ops {} | {}",
             fmt_opt(&sc["device_mib_per_s"], 1),
             fmt_opt(&sc["cpu_mib_per_s"], 1),
             fmt_opt(&sc["device_p99_ms"], 1),
             fmt_opt(&sc["cpu_p99_ms"], 1),
-            fmt_opt(&sc["device_failures"], 0)
+            fmt_opt(&sc["device_failures"], 0),
+            fmt_opt(&sc["device_storm_ops"], 0),
+            fmt_opt(&sc["cpu_storm_ops"], 0)
         ),
     );
 
