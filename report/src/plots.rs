@@ -234,7 +234,7 @@ pub fn draw_all(r: &Value, dir: &Path) -> Result<Vec<String>, String> {
     let p = crate::svg_path(dir, "throughput_vs_window");
     bar_plot(
         &p,
-        "Fault-in by window policy (prefetch Y: 2 MiB block; N: first to last fault)",
+        "Fault-in by window and prefetch policy (prefetch Y/N, prefetch_pct), against HMM alone",
         "MiB/s",
         &bars,
     )?;
