@@ -14,7 +14,12 @@
 //!
 //! An unmapped region's `mmap` is released when the last device snapshot that still holds it is
 //! dropped, so an in-flight device access finishes safely; accesses that start after the swap no
-//! longer see the region.
+//! longer see the region. [`DmaSpace::unmap`] returns the removed mappings as a [`Retired`] set,
+//! and the DMA_UNMAP reply is sent only once [`Retired::is_released`] holds (the vfio-user spec:
+//! the server must release every reference, in-flight DMA included, before it replies). Device
+//! snapshots are short-lived (one access window of at most 64 KiB, or one completion-record or
+//! fault-entry write), so that wait is bounded; the connection waits for it off the socket
+//! thread (see `conn.rs`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -44,6 +49,23 @@ enum Backing {
 struct Region {
     size: u64,
     backing: Backing,
+}
+
+/// Mappings removed from the device-visible memory whose device snapshots may still be alive.
+#[derive(Debug, Default)]
+pub struct Retired(Vec<Arc<GuestRegionMmap>>);
+
+impl Retired {
+    /// Whether no device snapshot references any of the mappings any more: `self` holds the last
+    /// reference of each.
+    pub fn is_released(&self) -> bool {
+        self.0.iter().all(|r| Arc::strong_count(r) == 1)
+    }
+
+    /// Whether nothing was removed from the device-visible memory.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The DMA regions of one client.
@@ -155,34 +177,53 @@ impl DmaSpace {
         Ok(())
     }
 
-    /// Handles DMA_UNMAP of one region: `iova` and `size` must match a mapping exactly.
-    pub fn unmap(&mut self, iova: u64, size: u64) -> Result<(), RequestError> {
+    /// Handles DMA_UNMAP of one region: `iova` and `size` must match a mapping exactly. Returns
+    /// the mapping removed from the device-visible memory, to be waited for before replying.
+    pub fn unmap(&mut self, iova: u64, size: u64) -> Result<Retired, RequestError> {
         match self.regions.get(&iova) {
             Some(r) if r.size == size => {}
             _ => return Err(RequestError::NotFound { iova, size }),
         }
         let removed = self.regions.remove(&iova);
         log::debug!("DMA unmap {iova:#x}+{size:#x}");
-        if matches!(
-            removed,
+        match removed {
             Some(Region {
-                backing: Backing::Mapped(_),
-                ..
-            })
-        ) {
-            self.publish()?;
+                backing: Backing::Mapped(m),
+                size,
+            }) => {
+                if let Err(e) = self.publish() {
+                    // Keep the table consistent with what the device still sees.
+                    self.regions.insert(
+                        iova,
+                        Region {
+                            size,
+                            backing: Backing::Mapped(m),
+                        },
+                    );
+                    return Err(e);
+                }
+                Ok(Retired(vec![m]))
+            }
+            _ => Ok(Retired::default()),
         }
-        Ok(())
     }
 
-    /// Handles DMA_UNMAP with the unmap-all flag, and client disconnects.
-    pub fn unmap_all(&mut self) {
+    /// Handles DMA_UNMAP with the unmap-all flag, and client disconnects. Returns the mappings
+    /// removed from the device-visible memory.
+    pub fn unmap_all(&mut self) -> Retired {
         if self.regions.is_empty() {
-            return;
+            return Retired::default();
         }
         log::info!("DMA unmap all ({} regions)", self.regions.len());
-        self.regions.clear();
+        let retired = std::mem::take(&mut self.regions)
+            .into_values()
+            .filter_map(|r| match r.backing {
+                Backing::Mapped(m) => Some(m),
+                Backing::NotAccessible(_) => None,
+            })
+            .collect();
         self.swap_in(GuestMemoryMmap::new());
+        Retired(retired)
     }
 
     fn first_overlap(&self, start: u64, end: u64) -> Option<(&u64, &Region)> {
@@ -361,8 +402,8 @@ mod tests {
             e(d.map(&req(0x40000, 0x8000, RW), Some(memfd(0x4000)))),
             libc::EINVAL
         );
-        assert_eq!(e(d.unmap(0x10000, 0x1000)), libc::ENOENT);
-        assert_eq!(e(d.unmap(0x90000, 0x1000)), libc::ENOENT);
+        assert_eq!(e(d.unmap(0x10000, 0x1000).map(drop)), libc::ENOENT);
+        assert_eq!(e(d.unmap(0x90000, 0x1000).map(drop)), libc::ENOENT);
         assert_eq!(d.len(), 1);
     }
 
@@ -379,6 +420,31 @@ mod tests {
         d.unmap(0xfffc0000, 0x40000).unwrap();
         d.unmap_all();
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn unmapped_region_is_released_only_when_no_snapshot_holds_it() {
+        let mem = GuestMem::new(GuestMemoryMmap::new());
+        let mut d = DmaSpace::new(mem.clone());
+        d.map(&req(0x10000, 0x4000, RW), Some(memfd(0x4000)))
+            .unwrap();
+        d.map(&req(0x20000, 0x1000, RW), Some(memfd(0x1000)))
+            .unwrap();
+        let snapshot = mem.memory();
+        let retired = d.unmap(0x10000, 0x4000).unwrap();
+        assert!(!retired.is_empty());
+        assert!(!retired.is_released(), "a device snapshot still maps it");
+        // The snapshot still reaches the old mapping; new snapshots do not.
+        snapshot.write_obj(7u32, GuestAddress(0x10000)).unwrap();
+        assert!(mem.memory().read_obj::<u32>(GuestAddress(0x10000)).is_err());
+        drop(snapshot);
+        assert!(retired.is_released());
+        let all = d.unmap_all();
+        assert!(all.is_released());
+        // Regions the device never saw have nothing to wait for.
+        d.map(&req(0x1000, 0x1000, DMA_MAP_FLAG_READ), None)
+            .unwrap();
+        assert!(d.unmap(0x1000, 0x1000).unwrap().is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use faultline_device::{region, GuestMem};
 use vm_memory::GuestMemoryMmap;
 
 use crate::backend::{format_stats, DeviceBackend, DeviceFactory};
-use crate::dma::DmaSpace;
+use crate::dma::{DmaSpace, Retired};
 use crate::error::{RequestError, StreamError};
 use crate::irq::{IrqAction, Irqs};
 use crate::protocol::*;
@@ -28,6 +28,8 @@ pub struct Session {
     caps: Option<ClientCaps>,
     /// Set by a handler when the connection must be closed after its reply.
     close: Option<StreamError>,
+    /// Set by DMA_UNMAP: mappings whose release the reply must wait for.
+    retired: Option<Retired>,
 }
 
 impl std::fmt::Debug for Session {
@@ -52,6 +54,7 @@ impl Session {
             irqs,
             caps: None,
             close: None,
+            retired: None,
         })
     }
 
@@ -63,6 +66,12 @@ impl Session {
     /// Takes the reason to close the connection, if a handler set one.
     pub fn take_close(&mut self) -> Option<StreamError> {
         self.close.take()
+    }
+
+    /// Takes the mappings the last DMA_UNMAP removed, if any: its reply must not be sent before
+    /// [`Retired::is_released`].
+    pub fn take_retired(&mut self) -> Option<Retired> {
+        self.retired.take().filter(|r| !r.is_empty())
     }
 
     /// Whether VERSION was negotiated.
@@ -177,9 +186,9 @@ impl Session {
                     "DMA_UNMAP: unmap-all with a non-zero address or size",
                 ));
             }
-            self.dma.unmap_all();
+            self.retired = Some(self.dma.unmap_all());
         } else {
-            self.dma.unmap(req.iova, req.size)?;
+            self.retired = Some(self.dma.unmap(req.iova, req.size)?);
         }
         Ok(req.encode())
     }
@@ -535,7 +544,8 @@ impl Drop for Session {
             "client session ended; device stats: {}",
             format_stats(&self.device.stats())
         );
-        self.dma.unmap_all();
+        // The device is stopped: nothing references the mappings any more.
+        drop(self.dma.unmap_all());
         for i in 0..irq_index::COUNT {
             self.irqs.disable(i);
         }
