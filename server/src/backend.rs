@@ -15,12 +15,6 @@ pub trait DeviceBackend {
     fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError>;
     /// Writes `data` at `offset` of region `index`.
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), AccessError>;
-    /// Checks the width and alignment of a `len`-byte access at `offset` of region `index`
-    /// (already known to lie inside the region) without performing it, so a batch can be
-    /// validated before any of it is carried out.
-    fn check_width(&self, _index: u32, _offset: u64, _len: usize) -> Result<(), AccessError> {
-        Ok(())
-    }
     /// Resets the device.
     fn reset(&self);
     /// Device counters (`FL_STAT_*` order) summed over the session, across guest resets.
@@ -56,17 +50,6 @@ impl DeviceBackend for Device {
     }
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
         Device::region_write(self, index, offset, data)
-    }
-    fn check_width(&self, index: u32, offset: u64, len: usize) -> Result<(), AccessError> {
-        // `Device::region_read`/`region_write`: BAR0 takes aligned 4-byte accesses only.
-        if index == faultline_device::region::BAR0 && (len != 4 || offset % 4 != 0) {
-            return Err(AccessError::BadAccess {
-                region: index,
-                offset,
-                len,
-            });
-        }
-        Ok(())
     }
     fn reset(&self) {
         Device::reset(self)

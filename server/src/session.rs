@@ -500,32 +500,53 @@ impl Session {
                 expected: "8 + 24 * wr_cnt",
             });
         }
-        // Validate every entry before performing any write.
-        let mut writes = Vec::with_capacity(wr_cnt as usize);
-        for e in entries.chunks_exact(WRITE_MULTI_ENTRY_SIZE) {
-            let a = RegionAccess::parse(e)
-                .ok_or_else(|| RequestError::invalid("REGION_WRITE_MULTI: short entry"))?;
-            if a.count as usize > WRITE_MULTI_DATA {
-                return Err(RequestError::invalid(format!(
-                    "REGION_WRITE_MULTI: entry count {} exceeds 8",
-                    a.count
-                )));
+        // Each entry is its own posted write, applied in order: a bad entry is refused and
+        // logged, the valid ones beside it still happen (QEMU coalesces independent posted
+        // writes into one message only when its queue is congested).
+        let mut first_error: Option<(usize, RequestError)> = None;
+        let mut refused = 0usize;
+        for (i, e) in entries.chunks_exact(WRITE_MULTI_ENTRY_SIZE).enumerate() {
+            match self.write_multi_entry(e) {
+                Ok(()) => {}
+                Err(err) => {
+                    refused += 1;
+                    log::debug!("REGION_WRITE_MULTI entry {i} refused: {err}");
+                    if first_error.is_none() {
+                        first_error = Some((i, err));
+                    }
+                }
             }
-            self.check_access(&a, true)?;
-            self.device
-                .check_width(a.region, a.offset, a.count as usize)
-                .map_err(RequestError::Access)?;
-            let data = &e[REGION_ACCESS_SIZE..REGION_ACCESS_SIZE + a.count as usize];
-            writes.push((a, data));
         }
-        for (a, data) in writes {
-            self.device
-                .region_write(a.region, a.offset, data)
-                .map_err(RequestError::Access)?;
+        if let Some((i, err)) = first_error {
+            let errno = err.errno();
+            return Err(RequestError::PartialMulti {
+                refused,
+                total: wr_cnt,
+                first: i,
+                errno,
+                source: Box::new(err),
+            });
         }
         let mut out = Vec::with_capacity(8);
         out.put_u64(wr_cnt);
         Ok(out)
+    }
+
+    /// One REGION_WRITE_MULTI entry: checked, then written.
+    fn write_multi_entry(&self, e: &[u8]) -> Result<(), RequestError> {
+        let a = RegionAccess::parse(e)
+            .ok_or_else(|| RequestError::invalid("REGION_WRITE_MULTI: short entry"))?;
+        if a.count as usize > WRITE_MULTI_DATA {
+            return Err(RequestError::invalid(format!(
+                "REGION_WRITE_MULTI: entry count {} exceeds 8",
+                a.count
+            )));
+        }
+        self.check_access(&a, true)?;
+        let data = &e[REGION_ACCESS_SIZE..REGION_ACCESS_SIZE + a.count as usize];
+        self.device
+            .region_write(a.region, a.offset, data)
+            .map_err(RequestError::Access)
     }
 
     fn reset(&mut self, p: &[u8]) -> Result<Vec<u8>, RequestError> {
