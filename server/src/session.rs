@@ -589,19 +589,16 @@ fn exact(
     Ok(())
 }
 
-/// Returns `full` if the client's `argsz` can hold it; otherwise the first `argsz` bytes, whose
-/// `argsz` field (the first 4 bytes) tells the client the size it needs to ask again with.
+/// Returns `full` if the client's `argsz` can hold it; a smaller `argsz` is EINVAL, as in kernel
+/// VFIO and libvfio-user. (Truncating to `argsz` with the needed size in the reply's `argsz` is
+/// for capability chains only, and no reply of this server has one: `full` is always the base
+/// structure.)
 fn fit_argsz(what: &str, full: Vec<u8>, argsz: u32) -> Result<Vec<u8>, RequestError> {
-    let argsz = argsz as usize;
-    if argsz >= full.len() {
-        return Ok(full);
-    }
-    if argsz < 4 {
+    if (argsz as usize) < full.len() {
         return Err(RequestError::invalid(format!(
-            "{what}: argsz {argsz} cannot hold the reply's argsz field"
+            "{what}: argsz {argsz} is below the {}-byte structure",
+            full.len()
         )));
     }
-    let mut out = full;
-    out.truncate(argsz);
-    Ok(out)
+    Ok(full)
 }

@@ -632,14 +632,14 @@ fn command_outcome(
             }
         }
         DEVICE_GET_INFO => {
-            // The reply is never larger than argsz (but holds at least the argsz field).
+            // argsz below the 16-byte structure is EINVAL; otherwise the structure.
             let full = info4(16, 3, 9, 5);
             let want = match payload.len() {
                 16 => match u32_at(payload, 0) as usize {
-                    0..4 => Want::Errno(EINVAL),
-                    n => Want::Payload {
-                        len: n.min(16),
-                        prefix: full[..n.min(16)].to_vec(),
+                    0..16 => Want::Errno(EINVAL),
+                    _ => Want::Payload {
+                        len: 16,
+                        prefix: full,
                     },
                 },
                 _ => Want::Errno(EINVAL),
