@@ -48,7 +48,9 @@ use log::{debug, warn};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap, VolatileMemory};
 
 use crate::faults::PostResult;
-use crate::jobs::{sat16, Decoded, Job, Op, QueueError, Record, FNV_OFFSET};
+use crate::jobs::{
+    sat16, Decoded, Job, Op, QueueError, Record, FNV_OFFSET, MAX_DIGEST_BYTES, MAX_OUTSTANDING_JOBS,
+};
 use crate::mmu_glue::{slice_at, GuestPhys};
 use crate::shared::{lock, range_ok, Shared};
 use crate::{abi, DeviceConfig};
@@ -80,6 +82,8 @@ struct EngineQueue {
 #[derive(Debug, Default)]
 struct Book {
     live: BTreeMap<u64, Arc<Job>>,
+    /// Digest bytes the live jobs hold (bounded by [`MAX_DIGEST_BYTES`]).
+    digest_bytes: u64,
     /// Shutdown: new jobs complete with `FL_JOB_ABORTED` at once.
     closed: bool,
 }
@@ -232,6 +236,7 @@ impl Engine {
             let mut book = lock(&self.book);
             if !book.closed {
                 book.live.insert(id, Arc::clone(&job));
+                book.digest_bytes += job.digests.len() as u64 * 8;
             }
             book.closed
         };
@@ -266,7 +271,11 @@ impl Engine {
         if job.done.swap(true, Ordering::AcqRel) {
             return;
         }
-        book.live.remove(&job.id);
+        if book.live.remove(&job.id).is_some() {
+            book.digest_bytes = book
+                .digest_bytes
+                .saturating_sub(job.digests.len() as u64 * 8);
+        }
         let rec = Record {
             seq: job.spec.seq,
             bytes: job.bytes.load(Ordering::Relaxed),
@@ -291,6 +300,39 @@ impl Engine {
         if let Some(e) = job.engine {
             let mut p = lock(&self.queues[e].pending);
             p.load = p.load.saturating_sub(1);
+        }
+    }
+
+    /// Back-pressure before a job is submitted: waits until fewer than [`MAX_OUTSTANDING_JOBS`] jobs
+    /// are outstanding and `digest_bytes` more fit in [`MAX_DIGEST_BYTES`] (always true with no job
+    /// outstanding). Gives up (false) as soon as `still_wanted` says so (reset, queue disabled).
+    /// Called by the command worker without the effects lock, so a reset is never held up by it.
+    pub(crate) fn wait_for_room(&self, digest_bytes: u64, still_wanted: impl Fn() -> bool) -> bool {
+        let mut book = lock(&self.book);
+        let mut logged = false;
+        loop {
+            let fits = book.live.is_empty()
+                || (book.live.len() < MAX_OUTSTANDING_JOBS
+                    && book.digest_bytes.saturating_add(digest_bytes) <= MAX_DIGEST_BYTES);
+            if fits {
+                return true;
+            }
+            if !still_wanted() {
+                return false;
+            }
+            if !logged {
+                debug!(
+                    "queue waits: {} jobs outstanding, {} digest bytes held, {digest_bytes} wanted",
+                    book.live.len(),
+                    book.digest_bytes
+                );
+                logged = true;
+            }
+            book = self
+                .book_cv
+                .wait_timeout(book, Duration::from_millis(5))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
