@@ -1,23 +1,13 @@
 //! `faultline-server`: see [`faultline_server`] and `faultline-server --help`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
-use faultline_device::{GuestMem, InterruptSink};
 use faultline_server::backend::{device_config, DeviceFactory};
 use faultline_server::cli::Args;
 use faultline_server::listener::BoundSocket;
 use faultline_server::server;
 use faultline_server::signals::SignalFd;
-use vm_memory::GuestMemoryMmap;
-
-/// Interrupt sink for the configuration check device: drops everything.
-struct NoIrq;
-
-impl InterruptSink for NoIrq {
-    fn signal(&self, _vector: u16) {}
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -44,15 +34,13 @@ fn main() -> ExitCode {
         args.tlb_sets,
         args.tlb_ways,
     );
-    let factory = DeviceFactory::faultline(config.clone());
-    // Refuse a bad configuration now rather than when the first client connects.
-    match (factory.create)(GuestMem::new(GuestMemoryMmap::new()), Arc::new(NoIrq)) {
-        Ok(d) => d.shutdown(),
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
+    // Refuse a bad configuration now rather than when the first client connects (checked, not
+    // built: a device starts engines × lanes threads).
+    if let Err(e) = config.validate() {
+        log::error!("{e}");
+        return ExitCode::from(2);
     }
+    let factory = DeviceFactory::faultline(config.clone());
 
     let bound = match (&args.socket, args.fd) {
         (Some(path), _) => BoundSocket::bind(path),

@@ -112,6 +112,19 @@ fn bad_device_configuration_is_refused_at_startup() {
 }
 
 #[test]
+fn configuration_is_checked_without_building_a_device() {
+    let mut server = Server::start("config-check");
+    // Listening, and no device exists until a client connects.
+    assert!(
+        !server.log_text().contains("faultline device created"),
+        "a device was built before any client:\n{}",
+        server.log_text()
+    );
+    server.assert_serves_new_client();
+    assert!(server.log_text().contains("faultline device created"));
+}
+
+#[test]
 fn one_client_at_a_time() {
     let mut server = Server::start("one-client");
     let mut first = server.connect();
