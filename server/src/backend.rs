@@ -33,6 +33,8 @@ pub struct DeviceFactory {
     pub irq_count: fn(u32) -> u32,
     /// Builds a device.
     pub create: Box<CreateDevice>,
+    /// Most DMA regions a client may map (advertised as `max_dma_maps`).
+    pub max_dma_maps: usize,
 }
 
 impl std::fmt::Debug for DeviceFactory {
@@ -72,6 +74,7 @@ impl DeviceFactory {
                     .map(|d| Box::new(d) as Box<dyn DeviceBackend>)
                     .map_err(|e| e.to_string())
             }),
+            max_dma_maps: crate::protocol::MAX_DMA_MAPS,
         }
     }
 }

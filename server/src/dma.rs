@@ -72,15 +72,23 @@ impl Retired {
 #[derive(Debug)]
 pub struct DmaSpace {
     mem: GuestMem,
+    /// Most regions (`max_dma_maps`).
+    max_maps: usize,
     /// Regions by IOVA; never overlapping.
     regions: BTreeMap<u64, Region>,
 }
 
 impl DmaSpace {
-    /// An empty table publishing into `mem`.
+    /// An empty table publishing into `mem`, with at most [`MAX_DMA_MAPS`] regions.
     pub fn new(mem: GuestMem) -> Self {
+        Self::with_limit(mem, MAX_DMA_MAPS)
+    }
+
+    /// An empty table publishing into `mem`, with at most `max_maps` regions.
+    pub fn with_limit(mem: GuestMem, max_maps: usize) -> Self {
         DmaSpace {
             mem,
+            max_maps,
             regions: BTreeMap::new(),
         }
     }
@@ -128,9 +136,10 @@ impl DmaSpace {
                 req.size, MAX_DMA_REGION_SIZE
             )));
         }
-        if self.regions.len() >= MAX_DMA_MAPS {
+        if self.regions.len() >= self.max_maps {
             return Err(RequestError::NoSpace(format!(
-                "DMA_MAP: {MAX_DMA_MAPS} regions already mapped"
+                "DMA_MAP: {} regions already mapped (max_dma_maps)",
+                self.max_maps
             )));
         }
         if let Some((&other_iova, other)) = self.first_overlap(req.iova, end) {
@@ -293,7 +302,7 @@ fn mmap_region(req: &DmaMap, fd: OwnedFd) -> Result<GuestRegionMmap, RequestErro
             req.offset
         )));
     }
-    warn_if_shrinkable(&file);
+    check_memory_backed(&file)?;
     let size = usize::try_from(req.size)
         .map_err(|_| RequestError::invalid("DMA_MAP: size does not fit in the address space"))?;
     let mapping = MmapRegion::build(
@@ -313,15 +322,46 @@ fn mmap_region(req: &DmaMap, fd: OwnedFd) -> Result<GuestRegionMmap, RequestErro
         .ok_or_else(|| RequestError::invalid("DMA_MAP: region end overflows"))
 }
 
-/// A file the client may still shrink could make device accesses fault; memfds sealed against
-/// shrinking (QEMU's memory-backend-memfd default) cannot.
-fn warn_if_shrinkable(file: &File) {
+/// `statfs` magic numbers of the memory file systems a DMA file may live on.
+/// (Compared as 32-bit values: the kernel's magics are, whatever the width of `f_type`.)
+const MEMORY_FS: [(u32, &str); 2] = [
+    (libc::TMPFS_MAGIC as u32, "tmpfs/memfd"),
+    (libc::HUGETLBFS_MAGIC as u32, "hugetlbfs"),
+];
+
+/// A DMA file must be memory: on tmpfs or hugetlbfs (memfds are), or sealed against shrinking.
+/// A file on a disk, FUSE or NFS file system could block a device access in a page fault for as
+/// long as the file system likes (hanging resets and shutdown), and one that shrinks turns
+/// accesses past its new end into SIGBUS.
+fn check_memory_backed(file: &File) -> Result<(), RequestError> {
     // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-        log::debug!(
-            "DMA_MAP: file is not sealed against shrinking; the client must not truncate it"
-        );
+    let sealed = seals >= 0 && seals & libc::F_SEAL_SHRINK != 0;
+    // SAFETY: `statfs` is plain old data, fully written by a successful fstatfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes into the struct we pass, for a descriptor we own.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    if rc != 0 {
+        return Err(RequestError::Os {
+            what: "DMA_MAP: fstatfs",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let fs = st.f_type as u32;
+    match MEMORY_FS.iter().find(|(magic, _)| *magic == fs) {
+        Some((_, name)) => {
+            if !sealed {
+                // QEMU's memory-backend-memfd seals its files; a tmpfs file the client truncates
+                // would still fault the server.
+                log::debug!("DMA_MAP: {name} file is not sealed against shrinking; the client must not truncate it");
+            }
+            Ok(())
+        }
+        None if sealed => Ok(()),
+        None => Err(RequestError::NotMemory(format!(
+            "DMA_MAP: the file is on a file system with magic {fs:#x}, not tmpfs, memfd or \
+             hugetlbfs, and not sealed against shrinking (use -object memory-backend-memfd,share=on)"
+        ))),
     }
 }
 

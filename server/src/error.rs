@@ -129,6 +129,12 @@ pub enum RequestError {
         #[source]
         source: Box<RequestError>,
     },
+    /// A DMA file that is not memory (tmpfs, hugetlbfs, memfd) nor sealed against shrinking.
+    #[error("{0}")]
+    NotMemory(String),
+    /// A SET_IRQS descriptor that is not an eventfd.
+    #[error("{0}")]
+    NotEventfd(String),
     /// A system call failed while serving the request.
     #[error("{what}: {source}")]
     Os {
@@ -156,6 +162,8 @@ impl RequestError {
             RequestError::Access(AccessError::BadAccess { .. }) => libc::EFAULT,
             RequestError::Access(_) => libc::EINVAL,
             RequestError::PartialMulti { errno, .. } => *errno,
+            RequestError::NotMemory(_) => libc::EBADF,
+            RequestError::NotEventfd(_) => libc::EINVAL,
             RequestError::Os { source, .. } => match source.raw_os_error() {
                 Some(e) if e != 0 => e,
                 _ => libc::EIO,

@@ -59,6 +59,26 @@ fn write_eventfd(fd: &File) {
     }
 }
 
+/// Refuses a SET_IRQS descriptor that is not an eventfd: the device writes 8-byte counters to it
+/// from its own threads, which on a pipe, socket or file could block or mean something else.
+pub fn check_eventfd(fd: &OwnedFd) -> Result<(), RequestError> {
+    let link =
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|source| {
+            RequestError::Os {
+                what: "SET_IRQS: identifying the descriptor",
+                source,
+            }
+        })?;
+    if link.as_os_str() == "anon_inode:[eventfd]" {
+        Ok(())
+    } else {
+        Err(RequestError::NotEventfd(format!(
+            "SET_IRQS: descriptor is {}, not an eventfd",
+            link.display()
+        )))
+    }
+}
+
 /// The vectors of one VFIO irq index.
 #[derive(Debug)]
 pub struct IrqLine {

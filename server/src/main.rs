@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use faultline_server::backend::{device_config, DeviceFactory};
 use faultline_server::cli::Args;
+use faultline_server::limits;
 use faultline_server::listener::BoundSocket;
 use faultline_server::server;
 use faultline_server::signals::SignalFd;
@@ -40,7 +41,22 @@ fn main() -> ExitCode {
         log::error!("{e}");
         return ExitCode::from(2);
     }
-    let factory = DeviceFactory::faultline(config.clone());
+    let mut factory = DeviceFactory::faultline(config.clone());
+    // Every device-visible DMA region holds a descriptor: allow as many as the hard limit lets
+    // us, and advertise no more regions than the descriptors left.
+    let nofile = match limits::raise_nofile() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("cannot read RLIMIT_NOFILE: {e}");
+            1024
+        }
+    };
+    let open = limits::open_fds().unwrap_or(16);
+    factory.max_dma_maps = limits::max_dma_maps(nofile, open);
+    log::info!(
+        "RLIMIT_NOFILE {nofile}, {open} descriptors open: max_dma_maps {}",
+        factory.max_dma_maps
+    );
 
     let bound = match (&args.socket, args.fd) {
         (Some(path), _) => BoundSocket::bind(path),

@@ -25,7 +25,8 @@ pub const MAX_MSG_FDS: usize = 8;
 /// Page size the server supports for DMA mappings (advertised as `pgsizes`).
 pub const DMA_PGSIZE: u64 = 4096;
 
-/// Most DMA regions that may be mapped at once (advertised as `max_dma_maps`).
+/// Most DMA regions that may ever be mapped at once; the limit in force (advertised as
+/// `max_dma_maps`) is derived from the descriptor limit at start (`limits.rs`).
 pub const MAX_DMA_MAPS: usize = 1024;
 
 /// Mask of the message type in the header flags.

@@ -28,6 +28,8 @@ pub struct Session {
     caps: Option<ClientCaps>,
     /// Set by a handler when the connection must be closed after its reply.
     close: Option<StreamError>,
+    /// `max_dma_maps` advertised in the VERSION reply.
+    max_dma_maps: usize,
     /// Set by DMA_UNMAP: mappings whose release the reply must wait for.
     retired: Option<Retired>,
 }
@@ -50,11 +52,12 @@ impl Session {
             Rc::from((factory.create)(mem.clone(), irqs.msix_sink())?);
         Ok(Session {
             device,
-            dma: DmaSpace::new(mem),
+            dma: DmaSpace::with_limit(mem, factory.max_dma_maps),
             irqs,
             caps: None,
             close: None,
             retired: None,
+            max_dma_maps: factory.max_dma_maps,
         })
     }
 
@@ -128,7 +131,7 @@ impl Session {
                 caps.major
             )));
         }
-        let reply = version::build_reply(&caps, payload.len());
+        let reply = version::build_reply(&caps, payload.len(), self.max_dma_maps);
         log::info!(
             "negotiated vfio-user {}.{} (client proposed {}.{}, max_msg_fds {}, max_data_xfer_size {}, write_multiple {})",
             version::MAJOR,
@@ -380,6 +383,9 @@ impl Session {
                 if fds.is_empty() {
                     IrqAction::Deassign
                 } else if fds.len() == req.count as usize {
+                    for fd in &fds {
+                        crate::irq::check_eventfd(fd)?;
+                    }
                     IrqAction::Assign(fds)
                 } else {
                     return Err(RequestError::invalid(format!(

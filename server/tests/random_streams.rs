@@ -1965,11 +1965,29 @@ impl DmaModel {
             return Err(EINVAL);
         }
         if let FdKind::ReadOnly(_) = fd {
-            // A shared writable mapping of a read-only descriptor.
+            // A regular file: refused unless memory-backed; then a shared writable mapping of a
+            // read-only descriptor.
+            if !temp_dir_is_memory() {
+                return Err(libc::EBADF);
+            }
             return Err(libc::EACCES);
         }
         Ok(true)
     }
+}
+
+/// Whether the temporary directory (where `FdKind::ReadOnly` files live) is on tmpfs or
+/// hugetlbfs: the server maps only memory-backed (or shrink-sealed) DMA files.
+fn temp_dir_is_memory() -> bool {
+    let path = std::ffi::CString::new(std::env::temp_dir().as_os_str().as_encoded_bytes())
+        .expect("temp dir path");
+    // SAFETY: `statfs` is plain old data, fully written by a successful statfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct to write into.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statfs {}", std::env::temp_dir().display());
+    let fs = st.f_type as u32;
+    fs == libc::TMPFS_MAGIC as u32 || fs == libc::HUGETLBFS_MAGIC as u32
 }
 
 fn dma_map_raw(
