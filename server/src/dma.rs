@@ -76,6 +76,9 @@ pub struct DmaSpace {
     max_maps: usize,
     /// Regions by IOVA; never overlapping.
     regions: BTreeMap<u64, Region>,
+    /// Writable regions that came without a file descriptor (guest RAM of a QEMU without a
+    /// shared memory backend); the first one is reported loudly.
+    fdless_writable: u64,
 }
 
 impl DmaSpace {
@@ -90,6 +93,7 @@ impl DmaSpace {
             mem,
             max_maps,
             regions: BTreeMap::new(),
+            fdless_writable: 0,
         }
     }
 
@@ -151,6 +155,19 @@ impl DmaSpace {
             });
         }
 
+        if fd.is_none() && req.flags & DMA_MAP_FLAG_WRITE != 0 {
+            self.fdless_writable += 1;
+            if self.fdless_writable == 1 {
+                log::error!(
+                    "DMA_MAP {:#x}+{:#x}: writable guest memory without a file descriptor: the device \
+                     cannot reach it, and jobs, rings and records placed there fail with DMA errors. \
+                     Give QEMU a shared memory backend: -object memory-backend-memfd,id=mem,size=<RAM>,share=on \
+                     -machine memory-backend=mem (libvirt: <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>)",
+                    req.iova,
+                    req.size
+                );
+            }
+        }
         let backing = match fd {
             None => Backing::NotAccessible("no file descriptor"),
             Some(_) if req.flags & DMA_MAP_FLAG_WRITE == 0 => Backing::NotAccessible("read-only"),

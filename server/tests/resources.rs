@@ -303,3 +303,21 @@ fn job_flood_and_huge_checksums_leave_rss_bounded() {
     drop(c);
     server.assert_serves_new_client();
 }
+
+#[test]
+fn writable_memory_without_a_descriptor_is_reported_once_with_the_fix() {
+    let (server, mut c) = ready("fdless");
+    // QEMU's BIOS ROM arrives read-only without an fd: normal, nothing to report.
+    let rom = dma_map_payload(1, 0, 0xfffc_0000, 0x40000);
+    c.call(DMA_MAP, &rom).expect("ROM without fd");
+    // Guest RAM without an fd: QEMU runs without a shared memory backend.
+    for i in 0..3u64 {
+        let ram = dma_map_payload(3, 0, 0x1_0000_0000 + i * 0x10_0000, 0x10_0000);
+        c.call(DMA_MAP, &ram).expect("RAM without fd is accepted");
+    }
+    assert_eq!(c.read32(BAR0, abi::REG_ID), abi::ID_MAGIC);
+    let log = server.log_text();
+    let hits = log.matches("memory-backend-memfd,id=mem").count();
+    assert_eq!(hits, 1, "reported once, with the QEMU option:\n{log}");
+    assert!(log.contains("share=on"));
+}
