@@ -383,9 +383,6 @@ impl Session {
                 if fds.is_empty() {
                     IrqAction::Deassign
                 } else if fds.len() == req.count as usize {
-                    for fd in &fds {
-                        crate::irq::check_eventfd(fd)?;
-                    }
                     IrqAction::Assign(fds)
                 } else {
                     return Err(RequestError::invalid(format!(
