@@ -21,6 +21,8 @@
 #![forbid(unsafe_code)]
 
 pub mod abi;
+#[doc(hidden)]
+pub mod fuzzing;
 mod bar0;
 mod commands;
 mod device;

@@ -55,7 +55,6 @@ impl Command {
     }
 
     /// Encodes an entry (the inverse of [`Command::parse`]).
-    #[cfg(test)]
     pub(crate) fn to_bytes(self) -> [u8; abi::CMD_SIZE as usize] {
         let mut b = [0u8; abi::CMD_SIZE as usize];
         b[0] = self.opcode;
