@@ -31,10 +31,16 @@ pub fn command_entry(bytes: &[u8; 64], contexts: u16, engines: u8, lanes: u16) {
     assert!(spec.engine.is_none_or(|e| u32::from(e) < limits.engines));
     assert!(u32::from(spec.lanes) <= limits.lanes);
     if spec.reads() {
-        assert!(spec.src.checked_add(spec.len).is_some_and(|e| e <= 1 << abi::VA_BITS));
+        assert!(spec
+            .src
+            .checked_add(spec.len)
+            .is_some_and(|e| e <= 1 << abi::VA_BITS));
     }
     if spec.writes() {
-        assert!(spec.dst.checked_add(spec.len).is_some_and(|e| e <= 1 << abi::VA_BITS));
+        assert!(spec
+            .dst
+            .checked_add(spec.len)
+            .is_some_and(|e| e <= 1 << abi::VA_BITS));
     }
     match spec.op {
         Op::Checksum => {

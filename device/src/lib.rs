@@ -21,13 +21,13 @@
 #![forbid(unsafe_code)]
 
 pub mod abi;
-#[doc(hidden)]
-pub mod fuzzing;
 mod bar0;
 mod commands;
 mod device;
 mod engines;
 mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jobs;
 mod mmu_glue;
 mod msix;
