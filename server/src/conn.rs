@@ -32,6 +32,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::dma::Retired;
 use crate::error::{RequestError, StreamError};
 use crate::protocol::*;
+use crate::record::Recorder;
 use crate::server::Control;
 use crate::session::Session;
 use crate::sock;
@@ -67,6 +68,8 @@ pub struct Connection {
     drain_evt: EventFd,
     /// The reply of a DMA_UNMAP waiting for its mappings' release (empty for a posted one).
     deferred: Option<Vec<u8>>,
+    /// `--record`: every received message is written here.
+    recorder: Option<Recorder>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -103,7 +106,14 @@ impl Connection {
             posted_failures: 0,
             drain_evt,
             deferred: None,
+            recorder: None,
         })
+    }
+
+    /// Records every message this connection receives.
+    pub fn recording(mut self, recorder: Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// Reads what is available and handles every complete message.
@@ -148,6 +158,9 @@ impl Connection {
             if let Some(hdr) = self.header {
                 if self.inbuf.len() == hdr.message_size as usize {
                     self.header = None;
+                    if let Some(r) = &mut self.recorder {
+                        r.record(&self.inbuf);
+                    }
                     let fds = std::mem::take(&mut self.fds);
                     let reply = dispatch(
                         &mut self.session,

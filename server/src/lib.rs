@@ -24,6 +24,7 @@ pub mod irq;
 pub mod limits;
 pub mod listener;
 pub mod protocol;
+pub mod record;
 pub mod server;
 pub mod session;
 pub mod signals;

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         "faultline-server {} starting, device {config:?}",
         env!("CARGO_PKG_VERSION")
     );
-    let result = server::run(&socket, signals, factory);
+    let result = server::run(&socket, signals, factory, args.record.as_deref());
     drop(socket);
     match result {
         Ok(sig) => {
