@@ -31,9 +31,8 @@
 //! invalidation fence, Dekker's pattern), so once the reset returns no lane touches guest memory for an old
 //! job. Each job's record is written once, under the job-book lock (`Job::done`).
 //!
-//! Lock order: `effects` → `regs` → `reset_lock` → `gate` → stall table / fault ring → `book` / engine
-//! queues → `msix`; none of them is held while waiting for a pinned lane except `effects`, `regs` and
-//! `reset_lock`, which lanes never take.
+//! Locks: the device's one lock order is stated in `shared.rs` (# Locks), with which locks may be held
+//! while waiting for a pinned lane.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -15,8 +15,12 @@
 //! 6. `config` — configuration space;
 //! 7. `msix` — MSI-X table, PBA and delivery.
 //!
-//! Lane threads take the gate and what follows it, never while pinned (holding a translation), and
-//! `effects` only to raise `FL_ERR_FR_CONFIG` while holding nothing else. So a reset, which holds
+//! This is the only statement of the order; the other modules refer to it. Only `effects`, `regs` and
+//! the engine's reset lock are ever held while waiting for a pinned lane, and lanes never take them
+//! while pinned. Lane threads take the gate and what follows it, never while pinned (holding a
+//! translation), and `effects` only to raise `FL_ERR_FR_CONFIG` while holding nothing else (with the
+//! generation they read under the gate). The command worker waits for room for a job (outstanding-job
+//! and digest limits) on the job book's condition variable holding no other lock. So a reset, which holds
 //! `effects` while it waits for pinned lanes (`Engine::abort_all`), never waits for a lane that waits for
 //! it: a pinned lane takes no lock and moves at most 64 KiB before unpinning.
 //!
