@@ -14,7 +14,7 @@ struct Bytes<'a> {
 
 impl PhysMem for Bytes<'_> {
     fn read_u64(&self, gpa: u64) -> Result<u64, PhysError> {
-        if gpa % 8 != 0 {
+        if !gpa.is_multiple_of(8) {
             return Err(PhysError::Unaligned(gpa));
         }
         let off = gpa
