@@ -740,7 +740,7 @@ impl LaneRun<'_> {
             if let Some(hook) = lock(&tests::AFTER_FAILED_POST).as_ref() {
                 hook(self.shared);
             }
-            self.shared.raise_error(Some(gen), abi::ERR_FR_CONFIG, 0);
+            self.shared.raise_error(gen, abi::ERR_FR_CONFIG, 0);
         }
         match eng.stalls.wait(ticket) {
             StallOutcome::Replayed => {

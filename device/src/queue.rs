@@ -216,7 +216,7 @@ impl Worker {
                 }
                 Err(CmdError::Queue(code)) => {
                     if shared.publish(b.gen, head, completed, false) {
-                        shared.raise_error(Some(b.gen), code, head);
+                        shared.raise_error(b.gen, code, head);
                     }
                     return;
                 }
