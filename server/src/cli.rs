@@ -55,6 +55,10 @@ pub struct Args {
     /// session ends: lane stalls, posted entries, GET doorbells, REPLAY, INVALIDATE, FENCE.
     #[arg(long, value_name = "PATH")]
     pub trace: Option<PathBuf>,
+
+    /// Record every message clients send into DIR (seed corpora for the fuzz targets).
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
 }
 
 impl Args {
