@@ -16,6 +16,8 @@
  *   job.c        FL_IOC_JOB and the shared-virtual-memory ioctls
  *   testioc.c    the test-only ioctls: SUBMIT with its checks, FENCE, RESET,
  *                STATS
+ *   hmm_compat.c /dev/hmm_dmirrorN: the uAPI of the kernel's lib/test_hmm.c,
+ *                served by device jobs, for the kernel's own hmm-tests
  *
  * The device is described in docs/device-spec.md; its registers, commands and
  * structures come from faultline_abi.h. The driver owns, per device, a command
@@ -175,6 +177,10 @@ struct fl_dev {
 	char name[24];
 	char irq_name[FL_MSIX_VECTORS][32];
 	struct miscdevice misc;
+	/* /dev/hmm_dmirrorN (hmm_compat.c); registered and removed with misc */
+	struct miscdevice hmm_misc;
+	char hmm_name[24];
+	bool hmm_registered;
 
 	/* Identity, read once at probe. */
 	u32 hw_id, hw_version, hw_features;
@@ -497,6 +503,7 @@ void fl_fr_program(struct fl_dev *fl);
 
 /* job.c: jobs and the shared-virtual-memory ioctls */
 void fl_orphans_free(struct fl_dev *fl, bool all);
+int fl_job_run(struct fl_ctx *ctx, struct fl_ioc_job *ap);
 long fl_ioc_job(struct fl_file *ff, void __user *uarg);
 long fl_ioc_bind(struct fl_file *ff, void __user *uarg);
 long fl_ioc_snapshot(struct fl_file *ff, void __user *uarg);
@@ -507,5 +514,10 @@ long fl_ioc_submit(struct fl_dev *fl, void __user *uarg);
 long fl_ioc_fence(struct fl_dev *fl, void __user *uarg);
 long fl_ioc_reset(struct fl_dev *fl, void __user *uarg);
 long fl_ioc_stats(struct fl_dev *fl, void __user *uarg);
+
+/* hmm_compat.c: test_hmm's uAPI as /dev/hmm_dmirrorN (N < FL_HMM_UNITS) */
+#define FL_HMM_UNITS		2	/* test_hmm's units 2, 3 are device-coherent */
+int fl_hmm_register(struct fl_dev *fl);
+void fl_hmm_unregister(struct fl_dev *fl);
 
 #endif /* FAULTLINE_DRV_H */

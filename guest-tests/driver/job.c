@@ -74,21 +74,26 @@ static bool fl_user_range_ok(u64 va, u64 len)
 	return va + len >= va && va + len <= min_t(u64, TASK_SIZE, FL_VA_LIMIT);
 }
 
-long fl_ioc_job(struct fl_file *ff, void __user *uarg)
+/*
+ * Run the job described by @ap on @ctx's address space and wait for it; the
+ * body of FL_IOC_JOB, also called by the test_hmm compatibility layer. The
+ * caller holds fl->io_rwsem for reading and is in the context's mm. @ap's out
+ * fields (status, bytes, result, faults, replays, context, elapsed_ns) are
+ * written whenever the job's record was read, and then ap->status != 0.
+ */
+int fl_job_run(struct fl_ctx *ctx, struct fl_ioc_job *ap)
 {
-	struct fl_dev *fl = ff->fl;
+	struct fl_dev *fl = ctx->fl;
 	struct fl_completion *rec;
+	struct fl_ioc_job a = *ap;
 	struct fl_request req;
 	struct fl_job_wait w;
-	struct fl_ioc_job a;
-	struct fl_ctx *ctx;
 	dma_addr_t rec_dma;
 	struct fl_cmd cmd;
 	u64 slen = 0, dlen = 0, cseq, t0;
 	int err, ret, status;
 
-	if (copy_from_user(&a, uarg, sizeof(a)))
-		return -EFAULT;
+	ap->status = 0;
 	if (!a.op || a.op >= ARRAY_SIZE(fl_job_opcode) || a.flags ||
 	    a.pattern > FL_JOBPAT_RANDOM || a.engine > 0xff || a.lanes > 0xff ||
 	    a.chunk > U32_MAX || !a.len ||
@@ -102,9 +107,6 @@ long fl_ioc_job(struct fl_file *ff, void __user *uarg)
 	    (dlen && !fl_user_range_ok(a.dst, dlen)))
 		return -EFAULT;
 
-	ctx = fl_file_ctx(ff, true);
-	if (IS_ERR(ctx))
-		return PTR_ERR(ctx);
 	fl_orphans_free(fl, false);
 
 	mutex_lock(&ctx->lock);
@@ -193,7 +195,23 @@ long fl_ioc_job(struct fl_file *ff, void __user *uarg)
 		err = -EIO;
 		break;
 	}
-	if (copy_to_user(uarg, &a, sizeof(a)))
+	*ap = a;
+	return err;
+}
+
+long fl_ioc_job(struct fl_file *ff, void __user *uarg)
+{
+	struct fl_ioc_job a;
+	struct fl_ctx *ctx;
+	int err;
+
+	if (copy_from_user(&a, uarg, sizeof(a)))
+		return -EFAULT;
+	ctx = fl_file_ctx(ff, true);
+	if (IS_ERR(ctx))
+		return PTR_ERR(ctx);
+	err = fl_job_run(ctx, &a);
+	if (a.status && copy_to_user(uarg, &a, sizeof(a)))
 		return -EFAULT;
 	return err;
 }

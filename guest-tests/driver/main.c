@@ -362,6 +362,11 @@ static int fl_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		dev_err(&pdev->dev, "cannot register /dev/%s: %d\n", fl->name, ret);
 		goto err_hw;
 	}
+	ret = fl_hmm_register(fl);
+	if (ret) {
+		misc_deregister(&fl->misc);
+		goto err_hw;
+	}
 
 	dev_info(&pdev->dev,
 		 "%s: version %u.%u, features %#x, %u contexts, %u engines x %u lanes, %u TLB entries; queue %u entries, MSI-X %u vectors\n",
@@ -394,6 +399,7 @@ static void fl_remove(struct pci_dev *pdev)
 	struct fl_dev *fl = pci_get_drvdata(pdev);
 
 	misc_deregister(&fl->misc);	/* no new opens */
+	fl_hmm_unregister(fl);
 
 	/* Waiters see FL_FLAG_DEAD and return -ENODEV; ioctls drain. */
 	set_bit(FL_FLAG_DEAD, &fl->flags);
