@@ -156,7 +156,8 @@ build_server() {
 }
 
 # build_guest_tests: if guest-tests/Makefile exists, build it against the guest kernel:
-#   make -C guest-tests KDIR="$FL_KDIR" PAHOLE="$FL_PAHOLE"
+#   make -C guest-tests KDIR="$FL_KDIR" PAHOLE="$FL_PAHOLE" [LINUX_SRC="$FL_SRCDIR"]
+# (LINUX_SRC when qemu/setup's source stage is there: it adds the kernel's hmm-tests.)
 # Contract: it produces guest-tests/build/faultline.ko and static programs in guest-tests/build/bin/.
 # Does nothing (successfully) without a Makefile.
 build_guest_tests() {
@@ -166,8 +167,11 @@ build_guest_tests() {
         fl_warn "no guest kernel headers yet (run qemu/setup)"
         return 1
     }
+    local src=()
+    # The kernel's own hmm-tests (and the driver's check of test_hmm's ABI), when provisioned.
+    if [[ -f $FL_SRCDIR/tools/testing/selftests/mm/hmm-tests.c ]]; then src=(LINUX_SRC="$FL_SRCDIR"); fi
     fl_msg "building guest-tests against $FL_KVER"
-    make -C "$dir" -j"$(nproc)" KDIR="$FL_KDIR" PAHOLE="$FL_PAHOLE"
+    make -C "$dir" -j"$(nproc)" KDIR="$FL_KDIR" PAHOLE="$FL_PAHOLE" "${src[@]}"
 }
 
 # guest_test_files: set GUEST_FILES (array of SRC:DEST for build_initramfs) to whatever

@@ -38,8 +38,9 @@
  *                mmap does (a VM_MIXEDMAP mapping).
  *
  * The ioctl numbers and structures below are test_hmm's ABI, defined here
- * (the guest kernel does not install test_hmm_uapi.h); qemu/test runs the
- * selftest built from the kernel's own header against them.
+ * (no kernel package installs test_hmm_uapi.h). Built with LINUX_SRC=<the
+ * guest kernel's source> (qemu/test does), the kernel's header is included
+ * too and static_asserts check that both agree.
  */
 
 #include "faultline.h"
@@ -76,6 +77,38 @@ struct fl_hmm_cmd {
 #define FL_HMM_PROT_ZERO		0x10
 #define FL_HMM_PROT_DEV_PRIVATE_REMOTE	0x30
 #define FL_HMM_PROT_DEV_COHERENT_REMOTE	0x50
+
+#ifdef FL_HMM_UAPI_CHECK
+/*
+ * Built with LINUX_SRC= (qemu/test does): the kernel's own header, from the
+ * guest kernel's linux-source, must agree with the definitions above.
+ */
+#include <test_hmm_uapi.h>
+
+static_assert(sizeof(struct fl_hmm_cmd) == sizeof(struct hmm_dmirror_cmd));
+static_assert(offsetof(struct fl_hmm_cmd, addr) == offsetof(struct hmm_dmirror_cmd, addr));
+static_assert(offsetof(struct fl_hmm_cmd, ptr) == offsetof(struct hmm_dmirror_cmd, ptr));
+static_assert(offsetof(struct fl_hmm_cmd, npages) == offsetof(struct hmm_dmirror_cmd, npages));
+static_assert(offsetof(struct fl_hmm_cmd, cpages) == offsetof(struct hmm_dmirror_cmd, cpages));
+static_assert(offsetof(struct fl_hmm_cmd, faults) == offsetof(struct hmm_dmirror_cmd, faults));
+static_assert(FL_HMM_READ == HMM_DMIRROR_READ);
+static_assert(FL_HMM_WRITE == HMM_DMIRROR_WRITE);
+static_assert(FL_HMM_MIGRATE_TO_DEV == HMM_DMIRROR_MIGRATE_TO_DEV);
+static_assert(FL_HMM_MIGRATE_TO_SYS == HMM_DMIRROR_MIGRATE_TO_SYS);
+static_assert(FL_HMM_SNAPSHOT == HMM_DMIRROR_SNAPSHOT);
+static_assert(FL_HMM_EXCLUSIVE == HMM_DMIRROR_EXCLUSIVE);
+static_assert(FL_HMM_CHECK_EXCLUSIVE == HMM_DMIRROR_CHECK_EXCLUSIVE);
+static_assert(FL_HMM_RELEASE == HMM_DMIRROR_RELEASE);
+static_assert(FL_HMM_PROT_ERROR == HMM_DMIRROR_PROT_ERROR);
+static_assert(FL_HMM_PROT_NONE == HMM_DMIRROR_PROT_NONE);
+static_assert(FL_HMM_PROT_READ == HMM_DMIRROR_PROT_READ);
+static_assert(FL_HMM_PROT_WRITE == HMM_DMIRROR_PROT_WRITE);
+static_assert(FL_HMM_PROT_PMD == HMM_DMIRROR_PROT_PMD);
+static_assert(FL_HMM_PROT_PUD == HMM_DMIRROR_PROT_PUD);
+static_assert(FL_HMM_PROT_ZERO == HMM_DMIRROR_PROT_ZERO);
+static_assert(FL_HMM_PROT_DEV_PRIVATE_REMOTE == HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE);
+static_assert(FL_HMM_PROT_DEV_COHERENT_REMOTE == HMM_DMIRROR_PROT_DEV_COHERENT_REMOTE);
+#endif
 
 #define FL_HMM_CHUNK		64	/* pages per snapshot or migration step */
 
