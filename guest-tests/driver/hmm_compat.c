@@ -128,18 +128,26 @@ struct fl_hmm_file {
 /* ---------------------------------------------------------------------- */
 /* READ, WRITE: device jobs */
 
-/* Does @ctx's device page table lack a page of the range, or its permission? */
+/*
+ * Does @ctx's device page table lack a page of the range, or its permission?
+ * ctx->lock is held for FL_PT_ENTRIES lookups at a time, so that a long
+ * range does not hold off the invalidate callback.
+ */
 static bool fl_hmm_missing(struct fl_ctx *ctx, u64 addr, u64 npages, bool write)
 {
 	u64 need = FL_PTE_VALID | (write ? FL_PTE_WRITE : FL_PTE_READ);
 	bool missing = false, huge;
-	u64 i;
+	u64 i = 0, stop;
 
-	mutex_lock(&ctx->lock);
-	for (i = 0; i < npages && !missing; i++)
-		missing = (fl_pt_lookup(ctx, addr + (i << PAGE_SHIFT), &huge) &
-			   need) != need;
-	mutex_unlock(&ctx->lock);
+	while (i < npages && !missing) {
+		stop = min_t(u64, npages, i + FL_PT_ENTRIES);
+		mutex_lock(&ctx->lock);
+		for (; i < stop && !missing; i++)
+			missing = (fl_pt_lookup(ctx, addr + (i << PAGE_SHIFT), &huge) &
+				   need) != need;
+		mutex_unlock(&ctx->lock);
+		cond_resched();
+	}
 	return missing;
 }
 
@@ -281,6 +289,10 @@ static int fl_hmm_snapshot(struct fl_hmm_file *hf, struct fl_hmm_cmd *cmd)
 	for (addr = cmd->addr; addr < end; addr = next) {
 		unsigned long n;
 
+		if (fatal_signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
 		next = min_t(u64, addr + (FL_HMM_CHUNK << PAGE_SHIFT), end);
 		range.start = addr;
 		range.end = next;
@@ -328,6 +340,10 @@ static int fl_hmm_migrate(struct fl_hmm_file *hf, struct fl_hmm_cmd *cmd)
 	}
 	mmap_read_lock(hf->mm);
 	for (addr = cmd->addr; addr < end; addr = next) {
+		if (fatal_signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
 		vma = vma_lookup(hf->mm, addr);
 		if (!vma || !(vma->vm_flags & VM_READ)) {
 			ret = -EINVAL;
