@@ -6,28 +6,48 @@
 #include "faultline.h"
 
 /* ---------------------------------------------------------------------- */
-/* The mirror: mmu_interval_notifier */
+/* The mirror: one mmu_interval_notifier per 2 MiB block */
 
 /*
+ * Notifier granularity. A context does not watch its whole address space:
+ * the fault work inserts a notifier for each naturally aligned 2 MiB block
+ * before it first maps a page there (fl_block_get()), as UVM does for its
+ * va_blocks, and device PTEs exist only inside such blocks. So:
+ *  - an invalidation of memory the device never mapped calls nothing of
+ *    ours (a storm on an unrelated range costs the device nothing);
+ *  - a window is always inside one block, and its hmm_range_fault() runs
+ *    under that block's sequence, so only an invalidation that overlaps the
+ *    block makes it retry (mmu_interval_read_begin() waits only for those);
+ *  - the notifiers are inserted once per block, not per window, so the
+ *    steady state costs no interval-tree updates.
+ * The block's notifier is the only thing that both bumps the sequence the
+ * window checks and clears the PTEs it may have written, under the same
+ * ctx->lock, which is the canonical HMM pattern per block.
+ *
  * Invalidate callback (the mmu_interval_notifier contract): once it returns
  * true, the device never again uses a translation of [start, end) that it
  * had before. Sequence: take ctx->lock (trylock when the caller cannot
- * sleep), mmu_interval_set_seq() so that any fault servicing that read the
- * CPU page table before now retries, clear the device PTEs, and when one was
- * valid, INVALIDATE(ctx, range) + FENCE and wait for the fence (spec section
- * 6: after it the device neither has nor can re-create the old translation).
- * Nothing mapped in the range: nothing on the device to invalidate (the TLB
- * caches only valid PTEs, each cleared under an INVALIDATE of its own).
- * No event is skipped: the driver never migrates pages itself, so there is
- * no MMU_NOTIFY_MIGRATE of its own to ignore.
+ * sleep), mmu_interval_set_seq() so that any fault servicing of this block
+ * that read the CPU page table before now retries, clear the device PTEs of
+ * the whole invalidated range (not just this block: a munmap of many blocks
+ * then costs one INVALIDATE + FENCE, and the other blocks' callbacks find
+ * nothing left to clear unless a fault re-mapped a page in between, which
+ * they then clear and fence themselves), and when one was valid,
+ * INVALIDATE(ctx, span) + FENCE and wait for the fence (spec section 6:
+ * after it the device neither has nor can re-create the old translation).
+ * Nothing mapped: nothing on the device to invalidate (the TLB caches only
+ * valid PTEs, each cleared under an INVALIDATE of its own). No event is
+ * skipped: the driver never migrates pages itself.
  */
-static bool fl_mirror_invalidate(struct mmu_interval_notifier *mni,
-				 const struct mmu_notifier_range *range,
-				 unsigned long cur_seq)
+static bool fl_block_invalidate(struct mmu_interval_notifier *mni,
+				const struct mmu_notifier_range *range,
+				unsigned long cur_seq)
 {
-	struct fl_ctx *ctx = container_of(mni, struct fl_ctx, notifier);
+	struct fl_block *b = container_of(mni, struct fl_block, notifier);
+	struct fl_ctx *ctx = b->ctx;
 	struct fl_dev *fl = ctx->fl;
 	u64 start = range->start, end = min_t(u64, range->end, FL_VA_LIMIT);
+	u64 bs = max(start, b->start), be = min(end, b->start + FL_HUGE_SIZE);
 	struct fl_span cleared = {};
 	struct fl_cmd cmd;
 	u64 gen;
@@ -41,11 +61,14 @@ static bool fl_mirror_invalidate(struct mmu_interval_notifier *mni,
 		return false;
 	}
 	/* A caller that cannot sleep cannot wait for the device either. */
-	if (!mmu_notifier_range_blockable(range) && start < end &&
-	    ctx->root && fl_pt_any(ctx->root, 3, 0, start, end)) {
-		mutex_unlock(&ctx->lock);
-		atomic64_inc(&fl->fst.notifier_busy);
-		return false;
+	if (!mmu_notifier_range_blockable(range)) {
+		if (bs < be && ctx->root && fl_pt_any(ctx->root, 3, 0, bs, be)) {
+			mutex_unlock(&ctx->lock);
+			atomic64_inc(&fl->fst.notifier_busy);
+			return false;
+		}
+		end = be;	/* clear only what we checked */
+		start = bs;
 	}
 	mmu_interval_set_seq(mni, cur_seq);
 	if (start < end && ctx->root)
@@ -58,7 +81,7 @@ static bool fl_mirror_invalidate(struct mmu_interval_notifier *mni,
 	if (gen != READ_ONCE(fl->generation))
 		goto out;	/* reset since BIND: the device has nothing cached */
 	if (!down_read_trylock(&fl->io_rwsem))
-		goto out;	/* remove() holds it: it resets the device */
+		goto out;	/* remove() holds it: it has reset the device */
 	if (READ_ONCE(fl->hw_stopped)) {
 		up_read(&fl->io_rwsem);
 		goto out;	/* removed: reset for good, BAR0 gone */
@@ -78,9 +101,59 @@ out:
 	return true;
 }
 
-static const struct mmu_interval_notifier_ops fl_mirror_ops = {
-	.invalidate = fl_mirror_invalidate,
+static const struct mmu_interval_notifier_ops fl_block_ops = {
+	.invalidate = fl_block_invalidate,
 };
+
+/*
+ * The block of @va, with its notifier inserted. Called by the context's
+ * fault work only (so two inserts of one block never race), without
+ * mmap_lock (mmu_interval_notifier_insert() may take it) and without
+ * ctx->lock. Returns NULL without memory.
+ */
+struct fl_block *fl_block_get(struct fl_ctx *ctx, u64 va)
+{
+	unsigned long idx = va >> ilog2(FL_HUGE_SIZE);
+	struct fl_block *b = xa_load(&ctx->blocks, idx);
+
+	if (b)
+		return b;
+	b = kzalloc(sizeof(*b), GFP_KERNEL);
+	if (!b)
+		return NULL;
+	b->ctx = ctx;
+	b->start = ALIGN_DOWN(va, FL_HUGE_SIZE);
+	if (xa_insert(&ctx->blocks, idx, b, GFP_KERNEL)) {
+		kfree(b);
+		return NULL;
+	}
+	if (mmu_interval_notifier_insert(&b->notifier, ctx->mm, b->start,
+					 FL_HUGE_SIZE, &fl_block_ops)) {
+		xa_erase(&ctx->blocks, idx);
+		kfree(b);
+		return NULL;
+	}
+	atomic64_inc(&ctx->fl->fst.blocks);
+	return b;
+}
+
+/*
+ * Remove every block's notifier (each removal waits for a callback in
+ * progress). Only once the device no longer walks the context's tables:
+ * after UNBIND, a reset, or fl_stop_translations().
+ */
+static void fl_blocks_remove(struct fl_ctx *ctx)
+{
+	struct fl_block *b;
+	unsigned long idx;
+
+	xa_for_each(&ctx->blocks, idx, b) {
+		mmu_interval_notifier_remove(&b->notifier);
+		xa_erase(&ctx->blocks, idx);
+		kfree(b);
+	}
+	xa_destroy(&ctx->blocks);
+}
 
 /* ---------------------------------------------------------------------- */
 /* Contexts */
@@ -100,6 +173,62 @@ struct fl_ctx *fl_ctx_get(struct fl_dev *fl, u16 id)
 	return ctx;
 }
 
+/*
+ * Give the ids whose quarantine is over back to the ida: the fetcher's GET
+ * has passed the PUT read after their UNBIND, or the ring was reset since.
+ * Called by the fetcher (fault_mutex held, so fr_get is stable).
+ */
+void fl_ctx_ids_release(struct fl_dev *fl)
+{
+	u64 gen = READ_ONCE(fl->generation);
+	u32 id;
+
+	lockdep_assert_held(&fl->fault_mutex);
+	for (id = 0; id < fl->num_contexts; id++) {
+		bool free = false;
+
+		spin_lock(&fl->ctx_lock);
+		if (fl->retired[id].held &&
+		    (fl->retired[id].gen != gen ||
+		     (s32)(fl->fr_get - fl->retired[id].put) >= 0)) {
+			fl->retired[id].held = false;
+			free = true;
+		}
+		spin_unlock(&fl->ctx_lock);
+		if (free)
+			ida_free(&fl->ctx_ida, id);
+	}
+}
+
+/*
+ * Quarantine the id until the ring has passed the UNBIND (see fl_dev). The
+ * fetcher releases it; once remove() has started there is no fetcher and
+ * the device is reset for good, so the id is free at once. The trylock
+ * keeps this callable from any context that drops the last reference.
+ */
+static void fl_ctx_id_retire(struct fl_ctx *ctx)
+{
+	struct fl_dev *fl = ctx->fl;
+
+	if (!down_read_trylock(&fl->io_rwsem)) {
+		ida_free(&fl->ctx_ida, ctx->id);	/* remove() in progress */
+		return;
+	}
+	if (test_bit(FL_FLAG_DEAD, &fl->flags)) {
+		ida_free(&fl->ctx_ida, ctx->id);
+	} else {
+		spin_lock(&fl->ctx_lock);
+		fl->retired[ctx->id] = (struct fl_retired) {
+			.put = ctx->retire_put,
+			.gen = ctx->retire_gen,
+			.held = true,
+		};
+		spin_unlock(&fl->ctx_lock);
+		queue_work(fl->fault_wq, &fl->fault_work);
+	}
+	up_read(&fl->io_rwsem);
+}
+
 static void fl_ctx_free(struct kref *ref)
 {
 	struct fl_ctx *ctx = container_of(ref, struct fl_ctx, ref);
@@ -111,11 +240,16 @@ static void fl_ctx_free(struct kref *ref)
 			 fl->name, ctx->id);
 	} else {
 		fl_pt_free(fl, ctx->root, 3);
-		ida_free(&fl->ctx_ida, ctx->id);
+		fl_ctx_id_retire(ctx);
 	}
 	for (i = 0; i < ctx->nspare; i++)
 		fl_pt_free(fl, ctx->spare[i], 1);
 	mmdrop(ctx->mm);
+	kvfree(ctx->fq);
+	kvfree(ctx->fwork);
+	kfree(ctx->deferred);
+	kvfree(ctx->hmm_pfns);
+	kvfree(ctx->fcmds);
 	kfree(ctx);
 	kref_put(&fl->ref, fl_release_dev);
 }
@@ -150,6 +284,21 @@ int fl_ctx_bind_hw(struct fl_ctx *ctx)
 	return err;
 }
 
+static int fl_ctx_alloc_fault_state(struct fl_ctx *ctx)
+{
+	ctx->fq = kvcalloc(FL_CTX_QUEUE, sizeof(*ctx->fq), GFP_KERNEL);
+	ctx->fwork = kvcalloc(FL_CTX_QUEUE, sizeof(*ctx->fwork), GFP_KERNEL);
+	ctx->deferred = kcalloc(FL_TRANSIENT_SLOTS, sizeof(*ctx->deferred),
+				GFP_KERNEL);
+	ctx->hmm_pfns = kvcalloc(FL_HUGE_PAGES, sizeof(*ctx->hmm_pfns),
+				 GFP_KERNEL);
+	ctx->fcmds = kvcalloc(FL_CTX_QUEUE + 2, sizeof(*ctx->fcmds), GFP_KERNEL);
+	if (!ctx->fq || !ctx->fwork || !ctx->deferred || !ctx->hmm_pfns ||
+	    !ctx->fcmds)
+		return -ENOMEM;
+	return 0;
+}
+
 static struct fl_ctx *fl_ctx_create(struct fl_dev *fl)
 {
 	struct iommu_domain *dom = iommu_get_domain_for_dev(fl_device(fl));
@@ -172,12 +321,19 @@ static struct fl_ctx *fl_ctx_create(struct fl_dev *fl)
 	kref_init(&ctx->ref);
 	mutex_init(&ctx->lock);
 	spin_lock_init(&ctx->cancel_lock);
+	spin_lock_init(&ctx->fq_lock);
+	xa_init(&ctx->blocks);
+	INIT_WORK(&ctx->fault_work, fl_ctx_fault_work);
+	INIT_DELAYED_WORK(&ctx->backoff_work, fl_ctx_backoff_work);
 	ctx->bound_gen = U64_MAX;
 	ctx->fl = fl;
 	kref_get(&fl->ref);
 	mmgrab(mm);
 	ctx->mm = mm;
 
+	ret = fl_ctx_alloc_fault_state(ctx);
+	if (ret)
+		goto err_free;
 	ret = ida_alloc_max(&fl->ctx_ida, fl->num_contexts - 1, GFP_KERNEL);
 	if (ret < 0) {
 		ret = ret == -ENOSPC ? -EBUSY : ret;
@@ -188,16 +344,19 @@ static struct fl_ctx *fl_ctx_create(struct fl_dev *fl)
 	ctx->root = fl_pt_alloc(fl, 3);
 	if (!ctx->root)
 		goto err_ida;
-	ret = mmu_interval_notifier_insert(&ctx->notifier, mm, 0,
-					   ULONG_MAX & PAGE_MASK, &fl_mirror_ops);
-	if (ret)
-		goto err_pt;
 
 	mutex_lock(&ctx->lock);
 	ret = fl_ctx_bind_hw(ctx);
 	mutex_unlock(&ctx->lock);
-	if (ret)
-		goto err_notifier;
+	if (ret) {
+		/* A BIND that timed out may still run: keep the tables. */
+		if (ret == -ETIMEDOUT) {
+			ctx->leak = true;
+			fl_ctx_put(ctx);
+			return ERR_PTR(ret);
+		}
+		goto err_pt;
+	}
 
 	spin_lock(&fl->ctx_lock);
 	fl->ctx_table[ctx->id] = ctx;
@@ -205,14 +364,6 @@ static struct fl_ctx *fl_ctx_create(struct fl_dev *fl)
 	spin_unlock(&fl->ctx_lock);
 	return ctx;
 
-err_notifier:
-	mmu_interval_notifier_remove(&ctx->notifier);
-	/* A BIND that timed out may still run: keep the tables. */
-	if (ret == -ETIMEDOUT) {
-		ctx->leak = true;
-		fl_ctx_put(ctx);
-		return ERR_PTR(ret);
-	}
 err_pt:
 	fl_pt_free(fl, ctx->root, 3);
 	ctx->root = NULL;
@@ -220,45 +371,73 @@ err_ida:
 	ida_free(&fl->ctx_ida, ctx->id);
 err_free:
 	mmdrop(mm);
+	kvfree(ctx->fq);
+	kvfree(ctx->fwork);
+	kfree(ctx->deferred);
+	kvfree(ctx->hmm_pfns);
+	kvfree(ctx->fcmds);
 	kfree(ctx);
 	kref_put(&fl->ref, fl_release_dev);
 	return ERR_PTR(ret);
 }
 
 /*
- * Release: forget the id (faults for it are ignored from now), UNBIND (the
- * device fails the context's stalled jobs), remove the notifier (waits for a
- * callback in progress), then drop the file's reference; the tables go with
- * the last one. Tables are freed only when the device is known not to walk
- * them any more: UNBIND completed, or a reset came after the BIND.
+ * Release, in this order:
+ *  1. dying: the fetcher queues nothing more for the context; forget the
+ *     id (entries for it are stale from now); stop its fault work (which
+ *     sends its last commands for the id now, never after the id is freed);
+ *  2. UNBIND (the device fails the context's stalled jobs), then read the
+ *     device's PUT: entries posted before the UNBIND lie before it, and the
+ *     id stays retired until the fetcher's GET has passed it;
+ *  3. an UNBIND that failed stops the device's translations (a reset)
+ *     before the notifiers go, since nothing would clear PTEs after that;
+ *  4. remove the block notifiers (each waits for a callback in progress),
+ *     then drop the file's reference; the tables go with the last one.
+ * Tables are freed only when the device is known not to walk them any
+ * more: UNBIND completed, or a reset came after the BIND.
  */
 void fl_ctx_destroy(struct fl_ctx *ctx)
 {
 	struct fl_dev *fl = ctx->fl;
 	struct fl_cmd cmd = { .opcode = FL_OP_UNBIND, .context = ctx->id };
+	u64 gen;
 	int err = 0;
 
+	spin_lock(&ctx->fq_lock);
+	ctx->dying = true;
+	spin_unlock(&ctx->fq_lock);
 	spin_lock(&fl->ctx_lock);
 	fl->ctx_table[ctx->id] = NULL;
 	fl->nr_ctx--;
 	spin_unlock(&fl->ctx_lock);
+	if (cancel_delayed_work_sync(&ctx->backoff_work))
+		fl_ctx_put(ctx);
+	if (cancel_work_sync(&ctx->fault_work))
+		fl_ctx_put(ctx);
 
 	down_read(&fl->io_rwsem);
 	mutex_lock(&ctx->lock);
-	if (ctx->bound_gen == READ_ONCE(fl->generation)) {
+	gen = ctx->bound_gen;
+	if (gen == READ_ONCE(fl->generation)) {
 		err = test_bit(FL_FLAG_DEAD, &fl->flags) ? -ENODEV :
 		      fl_exec(fl, &cmd, 1, FLS_NOINTR);
-		if (err && READ_ONCE(fl->generation) != ctx->bound_gen &&
+		if (err && READ_ONCE(fl->generation) != gen &&
 		    !test_bit(FL_FLAG_DEAD, &fl->flags))
 			err = 0;	/* a reset unbound it */
 	}
 	ctx->bound_gen = U64_MAX;
-	if (err && !READ_ONCE(fl->hw_stopped))
+	ctx->retire_gen = READ_ONCE(fl->generation);
+	if (!READ_ONCE(fl->hw_stopped))
+		ctx->retire_put = readl(fl->regs + FL_REG_FR_PUT);
+	if (err && !READ_ONCE(fl->hw_stopped)) {
+		/* The device may still translate for the id: stop it. */
+		fl_stop_translations(fl, gen, err);
 		ctx->leak = true;
+	}
 	mutex_unlock(&ctx->lock);
 	up_read(&fl->io_rwsem);
 
-	mmu_interval_notifier_remove(&ctx->notifier);
+	fl_blocks_remove(ctx);
 	fl_ctx_put(ctx);
 }
 

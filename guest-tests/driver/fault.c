@@ -1,47 +1,105 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * fault.c: fault servicing
+ * fault.c: fault servicing.
+ *
+ * Two stages, so that no context waits for another:
+ *
+ * The fetcher (fl->fault_work on the ordered fl->fault_wq, queued by the
+ * FL_VEC_FAULT handler; fault_mutex held) drains the ring: it takes up to
+ * fault_batch entries from GET to the written-back PUT (clearing
+ * FL_FAULT_VALID of each), sorts them by (context, page, access
+ * descending), merges entries of one page, hands each context's records to
+ * that context's queue (fl_ctx_enqueue()) and queues its work, writes
+ * FL_REG_FR_GET (frees the slots, re-arms the interrupt; the device raises
+ * it again if PUT moved meanwhile) and, when the ring overflowed, REPLAYs
+ * every context (stalled lanes without an entry re-post theirs). Entries of
+ * an unbound context are stale: its UNBIND failed their jobs. It never
+ * sleeps on the mm or on the device except for that REPLAY, so a reset
+ * (which takes fault_mutex to reprogram the ring) never waits for fault
+ * servicing.
+ *
+ * A pass of a context (ctx->fault_work on fl->ctx_wq, contexts concurrently,
+ * one pass of a context at a time):
+ *  1. take the queued records; records of an older device generation are
+ *     moot (the reset aborted their jobs); sort and merge them again (they
+ *     may come from several fetches);
+ *  2. skip pages whose device PTE already allows every access (duplicates:
+ *     a fault serviced already, re-posted by a replay), and defer pages in
+ *     backoff after a transient failure (see "Transient failures");
+ *  3. take the mm (mmget_not_zero(); gone: every fault is cancelled), then
+ *     service each window (fl_service_window()): a window is the 2 MiB block
+ *     of its first fault clipped to that fault's VMA, and takes every later
+ *     record inside it; the device generation is checked between windows;
+ *  4. send, in this order: INVALIDATE of the span of PTEs that changed while
+ *     valid, the CANCELs (re-checked under mmap_lock and sent under it, see
+ *     "Cancels"), and one REPLAY of the context; wait;
+ *  5. prefetch, after the replay, the windows that qualified (see
+ *     "Prefetch"), so that the stalled accesses resume first;
+ *  6. drop the mm with mmput_async(): the worker never runs exit_mmap().
+ *
+ * Forward progress. A window whose hmm_range_fault() result collides with
+ * an invalidation of its block (-EBUSY, or mmu_interval_read_retry()) is
+ * serviced again at once. After escalate_after collisions, or once it has
+ * spent escalate_ms, it is serviced under mmap_write_lock with its VMA
+ * write-locked (vma_start_write(): CPU faults under the per-VMA lock wait
+ * too), so munmap, mprotect, madvise and CPU faults on that VMA cannot start
+ * an invalidation until its PTEs are written: the CPU and the device take
+ * turns, as the 2019 linux-mm thread prescribes. hmm_range_fault() accepts
+ * either mode of mmap_lock. Nothing is ever failed because of contention;
+ * only reclaim and migration can still collide under the write lock, and
+ * they do not storm.
+ *
+ * Runs. hmm_range_fault() faults every page from the first one it must
+ * fault to the end of its range, with the one fault type the range asks
+ * for. So the faulting pages are serviced in runs of consecutive pages of
+ * one kind, reads apart from writes: a device read never write-faults a
+ * page (no COW break after fork, no dirtied file page, no real page where
+ * the zero page serves), and no page the device did not touch is faulted
+ * on the faults' account. Then one snapshot of the window without faulting
+ * (default_flags 0) gives what to map, so pages the CPU already has are
+ * mapped too; 2 MiB leaves where the CPU maps the whole block with a PMD.
+ *
+ * Prefetch. Only after the replay, and only for windows whose block is
+ * already at least prefetch_pct percent faulted or mapped (0: every
+ * window): a read-only population of the window's absent pages, or for
+ * writes to private anonymous memory a write population of the absent
+ * pages only (fresh zeroed pages; present pages are never write-faulted).
+ * A failure there (SIGBUS past the end of a short file, a poisoned page)
+ * is ignored: prefetch never changes what a fault means. It yields: new
+ * faults of the context outside the window end it between chunks of
+ * FL_PREFETCH_CHUNK pages (what it populated so far is mapped).
+ *
+ * Cancels. A fault is cancelled when its page has no usable VMA, when it
+ * writes to a VMA without VM_WRITE (write and atomic only; its reads are
+ * serviced), or when hmm_range_fault() fails on the page itself for a
+ * reason that does not pass. The no-VMA and permission decisions are
+ * re-checked under mmap_read_lock, and the CANCELs are sent and executed
+ * while it is held, so a page mapped again in between is never cancelled
+ * for a lane that stalls on it after the remap.
+ *
+ * Transient failures (VM_FAULT_OOM, memcg included, in anonymous memory; a
+ * userfaultfd-registered range, which user space may populate; a file page
+ * inside the file) are not cancelled: the page goes into backoff, its
+ * records are deferred for 1, 2, 4 .. 128 ms and serviced again, and only
+ * after FL_TRANSIENT_TRIES failures is the fault cancelled (-EFAULT).
  */
 
 #include "faultline.h"
 
-/* ---------------------------------------------------------------------- */
-/* Fault servicing */
+#define FL_TRANSIENT_TRIES	8
+#define FL_BACKOFF_MAX_MS	128
+#define FL_PASS_PREFETCH	16	/* windows one pass may prefetch */
+#define FL_PREFETCH_CHUNK	32	/* pages populated between checks for faults */
 
-/*
- * The fault worker (fl->fault_work on fl->fault_wq, queued by the FL_VEC_FAULT
- * handler) services the fault ring in batches, under fault_mutex:
- *  1. fetch up to fault_batch entries from GET to the written-back PUT,
- *     clearing FL_FAULT_VALID of each;
- *  2. sort by (context, page, access descending) and merge entries of the
- *     same page (the most intrusive access first, the mask of all of them);
- *  3. per context: skip pages whose device PTE already allows every access
- *     (a fault the previous batch serviced, re-posted by its replay); take
- *     the mm (mmget_not_zero; gone: cancel everything), then per window:
- *  4. a window is the 2 MiB-aligned block of its first fault clipped to the
- *     fault's VMA (at most 512 pages) and takes every later fault of the
- *     batch inside it. The canonical sequence: mmu_interval_read_begin() ->
- *     mmap_read_lock -> vma_lookup + permission checks -> hmm_range_fault()
- *     (HMM_PFN_REQ_FAULT on the faulting pages, HMM_PFN_REQ_WRITE on those
- *     with a write or atomic fault, nothing on the others, whose current CPU
- *     state is mapped as well when present) -> unlock -> -EBUSY: retry ->
- *     ctx->lock -> mmu_interval_read_retry(): collided, retry -> write the
- *     PTEs (2 MiB leaves where the CPU maps the whole block with a PMD) ->
- *     unlock. Retries are bounded by HMM_RANGE_DEFAULT_TIMEOUT per window;
- *     then the window is left alone and its faults come back on the replay,
- *     which is idempotent, so there is no livelock and no spurious failure.
- *     No VMA, PROT_NONE, VM_IO/VM_PFNMAP or a failing hmm_range_fault() of a
- *     single page: CANCEL every access of the page (-EFAULT). A write or
- *     atomic fault in a VMA without VM_WRITE: CANCEL write|atomic only
- *     (-EPERM) and service the page's read faults;
- *  5. queue, in this order: INVALIDATE of the span of PTEs that changed
- *     while valid (permission upgrades: the TLB may hold the old ones), the
- *     CANCELs, one REPLAY per context of the batch (REPLAY of all contexts
- *     when the ring overflowed: stalled lanes without an entry), and wait;
- *  6. write FL_REG_FR_GET: frees the slots and re-arms the interrupt, which
- *     the device raises again if PUT moved meanwhile.
- * At most FL_MAX_BATCHES batches per run, then the work re-queues itself.
- */
+/* What a pass collects (struct on the work's stack). */
+struct fl_pass {
+	struct fl_span changed;		/* valid PTEs changed: INVALIDATE first */
+	unsigned int nprefetch;
+	struct {
+		u64 va;			/* a faulting page of the window */
+		bool write;		/* populate for writing */
+	} prefetch[FL_PASS_PREFETCH];
+};
 
 static int fl_fault_cmp(const void *a, const void *b)
 {
@@ -85,13 +143,6 @@ static u32 fl_fault_fetch(struct fl_dev *fl, struct fl_fault_rec *f, u32 cap,
 		fl->fr_get++;
 	}
 	return n;
-}
-
-static void fl_fault_cancel(struct fl_fault_rec *f, u8 mask, int err)
-{
-	f->cancel = f->mask & mask;
-	f->err = err;
-	f->done = 1;
 }
 
 /* The device PTE already allows every access of @f. ctx->lock. */
@@ -173,130 +224,670 @@ static void fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx, u64 ws,
 	}
 }
 
-/*
- * Service the window that starts with the fault @f[0] (see the worker's
- * comment, step 4). Returns how many records of @f it consumed (>= 1).
- */
-static u32 fl_service_window(struct fl_dev *fl, struct fl_ctx *ctx,
-			     struct fl_fault_rec *f, u32 n,
-			     struct fl_span *changed)
+
+static void fl_fault_cancel(struct fl_fault_rec *f, u8 mask, int err, u8 why)
 {
-	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
-	unsigned long *pfns = fl->hmm_pfns;
+	f->cancel = f->mask & mask;
+	f->err = err;
+	f->why = why;
+	f->done = 1;
+}
+
+/* A VMA whose pages the device may map at all. */
+static bool fl_vma_usable(const struct vm_area_struct *vma)
+{
+	return vma && !(vma->vm_flags & (VM_IO | VM_PFNMAP)) &&
+	       (vma->vm_flags & VM_READ);
+}
+
+/*
+ * hmm_range_fault() failed with @err on the page @va itself, in a VMA that
+ * is still valid: may a later attempt succeed?
+ */
+static bool fl_fault_transient(struct vm_area_struct *vma, u64 va, int err)
+{
+	struct file *file = vma->vm_file;
+	loff_t pos;
+
+	if (err == -ENOMEM)
+		return true;
+	if (err == -EPERM)
+		return false;
+	if (userfaultfd_armed(vma))
+		return true;	/* user space may resolve it */
+	if (vma_is_anonymous(vma) || !file)
+		return true;	/* anonymous faults fail on OOM */
+	/* A file page past the end of the file is SIGBUS for good. */
+	pos = ((loff_t)vma->vm_pgoff << PAGE_SHIFT) + (va - vma->vm_start);
+	return pos < i_size_read(file_inode(file));
+}
+
+/* Service, or give up on, the record @f after @err on its own page. */
+static void fl_fault_failed(struct vm_area_struct *vma, struct fl_fault_rec *f,
+			    int err)
+{
+	if (fl_fault_transient(vma, f->va, err)) {
+		f->transient = 1;
+		f->done = 1;
+		return;
+	}
+	fl_fault_cancel(f, FL_ACC_ALL, err == -EPERM ? -EPERM : -EFAULT,
+			FL_WHY_FAILED);
+}
+
+/* The access kind a record still needs serviced: 0, READ or WRITE. */
+static u8 fl_rec_kind(const struct fl_fault_rec *f)
+{
+	u8 left = f->mask & ~f->cancel;
+
+	if (f->done || !left)
+		return 0;
+	return left & FL_ACC_WRITES ? FL_ACCESS_WRITE : FL_ACCESS_READ;
+}
+
+/*
+ * hmm_range_fault() over [start, end) of the window whose pfns start at
+ * @ws, faulting every page from the first (see "Runs") for reading or
+ * writing. Returns its result.
+ */
+static int fl_hmm_fault(struct fl_block *b, unsigned long seq,
+			unsigned long *pfns, u64 ws, u64 start, u64 end,
+			unsigned long flags)
+{
 	struct hmm_range range = {
-		.notifier = &ctx->notifier,
-		.hmm_pfns = pfns,
-		.pfn_flags_mask = HMM_PFN_REQ_FAULT | HMM_PFN_REQ_WRITE,
+		.notifier = &b->notifier,
+		.notifier_seq = seq,
+		.start = start,
+		.end = end,
+		.hmm_pfns = pfns + ((start - ws) >> PAGE_SHIFT),
+		.default_flags = flags,
 	};
+
+	return hmm_range_fault(&range);
+}
+
+/*
+ * Fault the runs of the window's records [0, k): maximal runs of
+ * consecutive pages of one kind. A run that fails is retried page by page,
+ * so a page that fails never takes its neighbours with it. Returns 0, or
+ * -EBUSY on a collision.
+ */
+static int fl_fault_runs(struct fl_block *b, unsigned long seq,
+			 struct vm_area_struct *vma, unsigned long *pfns,
+			 u64 ws, struct fl_fault_rec *f, u32 k)
+{
+	u32 i = 0, j, p;
+	int ret;
+
+	while (i < k) {
+		u8 kind = fl_rec_kind(&f[i]);
+		unsigned long flags;
+
+		if (!kind) {
+			i++;
+			continue;
+		}
+		for (j = i + 1; j < k && fl_rec_kind(&f[j]) == kind &&
+		     f[j].va == f[j - 1].va + PAGE_SIZE; j++)
+			;
+		flags = HMM_PFN_REQ_FAULT |
+			(kind == FL_ACCESS_WRITE ? HMM_PFN_REQ_WRITE : 0);
+		ret = fl_hmm_fault(b, seq, pfns, ws, f[i].va,
+				   f[j - 1].va + PAGE_SIZE, flags);
+		if (ret == -EBUSY)
+			return ret;
+		if (ret) {
+			for (p = i; p < j; p++) {
+				ret = j - i == 1 ? ret :
+				      fl_hmm_fault(b, seq, pfns, ws, f[p].va,
+						   f[p].va + PAGE_SIZE, flags);
+				if (ret == -EBUSY)
+					return ret;
+				if (ret)
+					fl_fault_failed(vma, &f[p], ret);
+			}
+		}
+		i = j;
+	}
+	return 0;
+}
+
+/* Snapshot [ws, we) without faulting into @pfns. 0 or -EBUSY. */
+static int fl_hmm_snapshot(struct fl_block *b, unsigned long seq,
+			   unsigned long *pfns, u64 ws, u64 we)
+{
+	int ret;
+
+	memset(pfns, 0, ((we - ws) >> PAGE_SHIFT) * sizeof(*pfns));
+	ret = fl_hmm_fault(b, seq, pfns, ws, ws, we, 0);
+	/* Without faulting, only a collision makes it fail. */
+	return ret == -EBUSY ? ret : 0;
+}
+
+static bool fl_escalate(struct fl_dev *fl, unsigned int collisions, u64 t0)
+{
+	unsigned int after = READ_ONCE(fl_escalate_after);
+	u64 ms = READ_ONCE(fl_escalate_ms);
+
+	return (after && collisions >= after) ||
+	       (ms && ktime_get_ns() - t0 >= ms * NSEC_PER_MSEC);
+}
+
+static void fl_mmap_lock(struct mm_struct *mm, bool write)
+{
+	if (write)
+		mmap_write_lock(mm);
+	else
+		mmap_read_lock(mm);
+}
+
+static void fl_mmap_unlock(struct mm_struct *mm, bool write)
+{
+	if (write)
+		mmap_write_unlock(mm);
+	else
+		mmap_read_unlock(mm);
+}
+
+/* The window of @va in @vma: its 2 MiB block clipped to the VMA. */
+static void fl_window(const struct vm_area_struct *vma, u64 va, u64 *ws,
+		      u64 *we)
+{
+	u64 hstart = ALIGN_DOWN(va, FL_HUGE_SIZE);
+
+	*ws = max_t(u64, vma->vm_start, hstart);
+	*we = min_t(u64, vma->vm_end, hstart + FL_HUGE_SIZE);
+}
+
+/*
+ * Service the window that starts with the record @f[0] (see the comment at
+ * the top). Returns how many records of @f it consumed (>= 1).
+ */
+static u32 fl_service_window(struct fl_ctx *ctx, struct fl_fault_rec *f,
+			     u32 n, struct fl_pass *ps)
+{
+	struct fl_dev *fl = ctx->fl;
 	struct mm_struct *mm = ctx->mm;
+	unsigned long *pfns = ctx->hmm_pfns;
+	u64 hend = ALIGN_DOWN(f[0].va, FL_HUGE_SIZE) + FL_HUGE_SIZE;
+	unsigned int collisions = 0, mapped, need = 0;
+	u64 t0 = ktime_get_ns(), tb, ws, we;
 	struct vm_area_struct *vma;
-	bool single = false;
-	u64 hstart, ws, we, vs, ve, last = 0;
+	bool write_lock = false, any_write;
+	unsigned long seq;
+	struct fl_block *b;
 	u32 k, i;
 	int ret;
 
 	atomic64_inc(&fl->fst.windows);
+	for (k = 1; k < n && f[k].va < hend; k++)
+		;
+	b = fl_block_get(ctx, f[0].va);
+	if (!b)
+		goto transient;
 again:
 	if (fl_pt_prealloc(ctx))
-		return 1;	/* no memory now: the replay brings it back */
-	range.notifier_seq = mmu_interval_read_begin(&ctx->notifier);
-	mmap_read_lock(mm);
+		goto transient;
+	tb = ktime_get_ns();
+	seq = mmu_interval_read_begin(&b->notifier);
+	atomic64_add(ktime_get_ns() - tb, &fl->fst.begin_wait_ns);
+	if (!write_lock && fl_escalate(fl, collisions, t0)) {
+		write_lock = true;
+		atomic64_inc(&fl->fst.escalations);
+	}
+	fl_mmap_lock(mm, write_lock);
 	vma = vma_lookup(mm, f[0].va);
-	if (!vma || (vma->vm_flags & (VM_IO | VM_PFNMAP)) ||
-	    !(vma->vm_flags & VM_READ)) {
-		mmap_read_unlock(mm);
-		fl_fault_cancel(&f[0], FL_ACC_ALL, -EFAULT);
+	if (!fl_vma_usable(vma)) {
+		fl_mmap_unlock(mm, write_lock);
+		fl_fault_cancel(&f[0], FL_ACC_ALL, -EFAULT, FL_WHY_NO_VMA);
 		return 1;
 	}
-	vs = vma->vm_start;
-	ve = vma->vm_end;
-	hstart = ALIGN_DOWN(f[0].va, FL_HUGE_SIZE);
-	ws = max_t(u64, vs, hstart);
-	we = min_t(u64, ve, hstart + FL_HUGE_SIZE);
-	if (single) {
-		ws = f[0].va;
-		we = ws + PAGE_SIZE;
-	}
-	memset(pfns, 0, ((we - ws) >> PAGE_SHIFT) * sizeof(*pfns));
-	range.start = ws;
+	if (write_lock)
+		vma_start_write(vma);
+	fl_window(vma, f[0].va, &ws, &we);
+	any_write = false;
 	for (k = 0; k < n && f[k].va < we; k++) {
-		unsigned long req = HMM_PFN_REQ_FAULT;
-
-		if (f[k].done)
-			continue;
+		if (f[k].done && !f[k].transient)
+			continue;	/* decided in an earlier attempt */
+		f[k].done = 0;
+		f[k].transient = 0;
 		f[k].cancel = 0;
-		if (f[k].mask & FL_ACC_WRITES) {
-			if (vma->vm_flags & VM_WRITE) {
-				req |= HMM_PFN_REQ_WRITE;
-			} else {
-				f[k].cancel = f[k].mask & FL_ACC_WRITES;
-				f[k].err = -EPERM;
-				if (!(f[k].mask & ~FL_ACC_WRITES))
-					continue;	/* nothing left to service */
-			}
+		f[k].why = FL_WHY_NONE;
+		if ((f[k].mask & FL_ACC_WRITES) && !(vma->vm_flags & VM_WRITE)) {
+			f[k].cancel = f[k].mask & FL_ACC_WRITES;
+			f[k].err = -EPERM;
+			f[k].why = FL_WHY_PERM;
+			if (!(f[k].mask & ~FL_ACC_WRITES))
+				f[k].done = 1;	/* nothing left to service */
 		}
-		pfns[(f[k].va - ws) >> PAGE_SHIFT] = req;
-		last = f[k].va + PAGE_SIZE;
+		any_write |= fl_rec_kind(&f[k]) == FL_ACCESS_WRITE;
 	}
-	/*
-	 * hmm_range_fault() faults every page from the first one it must
-	 * fault (from the start of an empty page table) to the end of the
-	 * range: a window from the block's start to its end prefetches the
-	 * block (module parameter prefetch, default); one from the first to
-	 * the last fault keeps it from populating memory the device never
-	 * touches, but the gaps between faults.
-	 */
-	if (!READ_ONCE(fl_fault_prefetch) && last > ws) {
-		ws = f[0].va;
-		we = last;
-		memmove(pfns, pfns + ((f[0].va - range.start) >> PAGE_SHIFT),
-			((we - ws) >> PAGE_SHIFT) * sizeof(*pfns));
-	}
-	range.start = ws;
-	range.end = we;
-	ret = hmm_range_fault(&range);
-	mmap_read_unlock(mm);
+
+	ret = fl_fault_runs(b, seq, vma, pfns, ws, f, k);
+	if (!ret)
+		ret = fl_hmm_snapshot(b, seq, pfns, ws, we);
 	if (ret == -EBUSY)
-		goto retry;
-	if (ret) {
-		if (!single && k > 1) {
-			single = true;	/* find the page that fails */
-			goto again;
-		}
-		fl_fault_cancel(&f[0], FL_ACC_ALL, ret == -EPERM ? -EPERM : -EFAULT);
-		return 1;
-	}
+		goto collided;
 
 	mutex_lock(&ctx->lock);
-	if (mmu_interval_read_retry(&ctx->notifier, range.notifier_seq)) {
+	if (mmu_interval_read_retry(&b->notifier, seq)) {
 		mutex_unlock(&ctx->lock);
-		goto retry;
+		goto collided;
 	}
-	fl_window_map(fl, ctx, ws, we, vs, ve, pfns, changed);
+	fl_window_map(fl, ctx, ws, we, vma->vm_start, vma->vm_end, pfns,
+		      &ps->changed);
+	mapped = fl_pt_block_mapped(ctx, f[0].va);
 	mutex_unlock(&ctx->lock);
-	for (i = 0; i < k; i++)
+
+	for (i = 0; i < k; i++) {
+		if (f[i].done)
+			continue;
 		f[i].done = 1;
+		need++;
+	}
+	/* Prefetch by need: enough of the block is in use (see the top). */
+	if (READ_ONCE(fl_fault_prefetch) && need && ps->nprefetch < FL_PASS_PREFETCH &&
+	    mapped * 100 >= READ_ONCE(fl_prefetch_pct) * ((we - ws) >> PAGE_SHIFT) &&
+	    mapped < (we - ws) >> PAGE_SHIFT) {
+		ps->prefetch[ps->nprefetch].va = f[0].va;
+		ps->prefetch[ps->nprefetch].write = any_write &&
+			vma_is_anonymous(vma) && !(vma->vm_flags & VM_SHARED);
+		ps->nprefetch++;
+	}
+	fl_mmap_unlock(mm, write_lock);
 	return k;
 
-retry:
+collided:
+	fl_mmap_unlock(mm, write_lock);
 	atomic64_inc(&fl->fst.retries);
-	if (time_after(jiffies, timeout)) {
-		/* Leave it: the faults come back after the REPLAY. */
-		atomic64_inc(&fl->fst.retry_timeouts);
-		for (i = 0; i < k; i++)
-			f[i].cancel = 0;
-		return max(k, 1U);
+	collisions++;
+	goto again;
+
+transient:
+	/* No memory for the block or a table: back off, never cancel. */
+	for (i = 0; i < k; i++) {
+		if (!f[i].done) {
+			f[i].transient = 1;
+			f[i].done = 1;
+		}
 	}
+	return k;
+}
+
+/*
+ * Records are queued for the context outside [ws, we): stalled accesses
+ * that the prefetch of that window will not satisfy come first. Faults
+ * inside the window wait for it: it is about to populate their pages.
+ */
+static bool fl_ctx_pending(struct fl_ctx *ctx, u64 ws, u64 we)
+{
+	bool pending = false;
+	u32 i;
+
+	if (!READ_ONCE(ctx->fq_n) && !READ_ONCE(ctx->fq_replay))
+		return false;
+	spin_lock(&ctx->fq_lock);
+	pending = ctx->fq_replay;
+	for (i = 0; i < ctx->fq_n && !pending; i++)
+		pending = ctx->fq[i].va < ws || ctx->fq[i].va >= we;
+	spin_unlock(&ctx->fq_lock);
+	return pending;
+}
+
+/*
+ * Populate the window of @va after the replay (see "Prefetch"): best
+ * effort, a few collisions end it, failures are ignored, new faults of the
+ * context end it early (what it populated so far is still mapped).
+ */
+static void fl_prefetch_window(struct fl_ctx *ctx, u64 va, bool write,
+			       struct fl_span *changed)
+{
+	struct fl_dev *fl = ctx->fl;
+	struct mm_struct *mm = ctx->mm;
+	unsigned long *pfns = ctx->hmm_pfns;
+	struct vm_area_struct *vma;
+	unsigned int tries = 0;
+	struct fl_block *b;
+	unsigned long seq;
+	u64 ws, we, p, q;
+	int ret;
+
+	b = fl_block_get(ctx, va);
+	if (!b)
+		return;
+again:
+	if (++tries > 3 || fl_pt_prealloc(ctx))
+		return;
+	seq = mmu_interval_read_begin(&b->notifier);
+	mmap_read_lock(mm);
+	vma = vma_lookup(mm, va);
+	if (!fl_vma_usable(vma)) {
+		mmap_read_unlock(mm);
+		return;
+	}
+	fl_window(vma, va, &ws, &we);
+	if (write && !(vma->vm_flags & VM_WRITE))
+		write = false;
+	ret = fl_hmm_snapshot(b, seq, pfns, ws, we);
+	if (ret)
+		goto collided;
+	/*
+	 * Runs of absent pages only (present ones keep what they have), at
+	 * most FL_PREFETCH_CHUNK pages at a time: faults queued meanwhile end
+	 * the prefetch, so that it never holds up a stalled access for long.
+	 */
+	for (p = ws; p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
+		unsigned long flags = HMM_PFN_REQ_FAULT |
+				      (write ? HMM_PFN_REQ_WRITE : 0);
+
+		if (pfns[(p - ws) >> PAGE_SHIFT] & HMM_PFN_VALID) {
+			q = p + PAGE_SIZE;
+			continue;
+		}
+		for (q = p + PAGE_SIZE; q < we && q < p + FL_PREFETCH_CHUNK * PAGE_SIZE &&
+		     !(pfns[(q - ws) >> PAGE_SHIFT] & HMM_PFN_VALID); q += PAGE_SIZE)
+			;
+		ret = fl_hmm_fault(b, seq, pfns, ws, p, q, flags);
+		if (ret == -EBUSY)
+			goto collided;
+		if (!ret)
+			atomic64_add((q - p) >> PAGE_SHIFT, &fl->fst.prefetch_pages);
+		/* Failed: ignored, the device's own faults decide. */
+	}
+	ret = fl_hmm_snapshot(b, seq, pfns, ws, we);
+	if (ret)
+		goto collided;
+	mutex_lock(&ctx->lock);
+	if (mmu_interval_read_retry(&b->notifier, seq)) {
+		mutex_unlock(&ctx->lock);
+		goto collided;
+	}
+	fl_window_map(fl, ctx, ws, we, vma->vm_start, vma->vm_end, pfns, changed);
+	mutex_unlock(&ctx->lock);
+	mmap_read_unlock(mm);
+	atomic64_inc(&fl->fst.prefetch_blocks);
+	return;
+
+collided:
+	mmap_read_unlock(mm);
+	atomic64_inc(&fl->fst.retries);
 	goto again;
 }
 
-static void fl_service_ctx(struct fl_dev *fl, struct fl_ctx *ctx,
-			   struct fl_fault_rec *f, u32 n, struct fl_span *changed)
-{
-	u32 i, dups = 0;
+/* ---------------------------------------------------------------------- */
+/* Transient failures: backoff */
 
+/* The backoff slot of @va, or NULL. Slots with no attempts are free. */
+static struct fl_transient *fl_transient_find(struct fl_ctx *ctx, u64 va)
+{
+	unsigned int i;
+
+	for (i = 0; i < FL_TRANSIENT_SLOTS; i++)
+		if (ctx->transient[i].attempts && ctx->transient[i].va == va)
+			return &ctx->transient[i];
+	return NULL;
+}
+
+/*
+ * Defer the record @f if its page is in backoff: it waits in ctx->deferred
+ * (merged by page) until the backoff work queues it again.
+ */
+static bool fl_transient_defer(struct fl_ctx *ctx, struct fl_fault_rec *f,
+			       u64 gen)
+{
+	struct fl_transient *t = fl_transient_find(ctx, f->va);
+	u32 i;
+
+	if (!t || !time_before(jiffies, t->not_before))
+		return false;
+	spin_lock(&ctx->fq_lock);
+	for (i = 0; i < ctx->ndeferred && ctx->deferred[i].va != f->va; i++)
+		;
+	if (i < ctx->ndeferred)
+		ctx->deferred[i].mask |= f->mask;
+	else if (i < FL_TRANSIENT_SLOTS)
+		ctx->deferred[ctx->ndeferred++] = *f;
+	ctx->deferred_gen = gen;
+	spin_unlock(&ctx->fq_lock);
+	f->done = 1;
+	f->deferred = 1;
+	atomic64_inc(&ctx->fl->fst.deferrals);
+	return true;
+}
+
+/*
+ * After a window: a transient failure starts or extends its page's backoff
+ * (1, 2, 4 .. FL_BACKOFF_MAX_MS ms), or after FL_TRANSIENT_TRIES becomes a
+ * cancel; a page serviced leaves backoff. A full table leaves the page to
+ * the next replay without backoff.
+ */
+static void fl_transient_note(struct fl_ctx *ctx, struct fl_fault_rec *f)
+{
+	struct fl_transient *t = fl_transient_find(ctx, f->va);
+	unsigned int i;
+
+	if (f->deferred)
+		return;
+	if (!f->transient) {
+		if (t)
+			t->attempts = 0;
+		return;
+	}
+	if (!t) {
+		for (i = 0; i < FL_TRANSIENT_SLOTS && ctx->transient[i].attempts; i++)
+			;
+		if (i == FL_TRANSIENT_SLOTS)
+			return;
+		t = &ctx->transient[i];
+		t->va = f->va;
+	}
+	if (++t->attempts >= FL_TRANSIENT_TRIES) {
+		t->attempts = 0;
+		f->transient = 0;
+		fl_fault_cancel(f, FL_ACC_ALL, -EFAULT, FL_WHY_FAILED);
+		atomic64_inc(&ctx->fl->fst.transient_cancels);
+		return;
+	}
+	t->not_before = jiffies +
+		msecs_to_jiffies(min(1U << (t->attempts - 1), FL_BACKOFF_MAX_MS));
+}
+
+/* Queue the backoff work for the earliest end of a backoff. */
+static void fl_backoff_schedule(struct fl_ctx *ctx)
+{
+	unsigned long now = jiffies, delay = MAX_JIFFY_OFFSET;
+	unsigned int i;
+
+	for (i = 0; i < FL_TRANSIENT_SLOTS; i++) {
+		const struct fl_transient *t = &ctx->transient[i];
+
+		if (t->attempts)
+			delay = min(delay, time_after(t->not_before, now) ?
+					   t->not_before - now : 0);
+	}
+	spin_lock(&ctx->fq_lock);
+	if (!ctx->dying && ctx->ndeferred) {
+		kref_get(&ctx->ref);
+		if (!queue_delayed_work(ctx->fl->ctx_wq, &ctx->backoff_work,
+					delay == MAX_JIFFY_OFFSET ? 1 : delay))
+			fl_ctx_put(ctx);	/* already queued; not the last ref */
+	}
+	spin_unlock(&ctx->fq_lock);
+}
+
+/* ---------------------------------------------------------------------- */
+/* A context's queue and its pass */
+
+/*
+ * Hand @n records fetched in generation @gen to the context and queue its
+ * work (a reference per queued work). fq_lock held. Records of an older
+ * generation still queued are moot: a reset aborted their jobs. Records
+ * beyond the queue's room are dropped, and the context is REPLAYed so that
+ * their lanes post them again.
+ */
+static void fl_ctx_queue_locked(struct fl_ctx *ctx,
+				const struct fl_fault_rec *f, u32 n, u64 gen)
+{
+	u32 room;
+
+	lockdep_assert_held(&ctx->fq_lock);
+	if (ctx->dying)
+		return;
+	if (ctx->fq_gen != gen) {
+		ctx->fq_n = 0;
+		ctx->fq_replay = false;
+	}
+	ctx->fq_gen = gen;
+	room = FL_CTX_QUEUE - ctx->fq_n;
+	if (n > room) {
+		ctx->fq_replay = true;
+		n = room;
+	}
+	memcpy(ctx->fq + ctx->fq_n, f, n * sizeof(*f));
+	ctx->fq_n += n;
+	kref_get(&ctx->ref);
+	if (!queue_work(ctx->fl->ctx_wq, &ctx->fault_work))
+		fl_ctx_put(ctx);	/* already queued; not the last ref */
+}
+
+void fl_ctx_backoff_work(struct work_struct *work)
+{
+	struct fl_ctx *ctx = container_of(to_delayed_work(work), struct fl_ctx,
+					  backoff_work);
+
+	spin_lock(&ctx->fq_lock);
+	if (ctx->ndeferred && ctx->deferred_gen == READ_ONCE(ctx->fl->generation)) {
+		fl_ctx_queue_locked(ctx, ctx->deferred, ctx->ndeferred,
+				    ctx->deferred_gen);
+		ctx->fq_replay = true;
+	}
+	ctx->ndeferred = 0;
+	spin_unlock(&ctx->fq_lock);
+	fl_ctx_put(ctx);
+}
+
+/*
+ * A cancel decided for "no usable VMA" or "no VM_WRITE" that no longer
+ * holds (the page was mapped again). mmap_lock held.
+ */
+static bool fl_cancel_stale(struct mm_struct *mm, const struct fl_fault_rec *f)
+{
+	struct vm_area_struct *vma;
+
+	if (f->why != FL_WHY_NO_VMA && f->why != FL_WHY_PERM)
+		return false;
+	vma = vma_lookup(mm, f->va);
+	if (!fl_vma_usable(vma))
+		return false;
+	return f->why == FL_WHY_NO_VMA || (vma->vm_flags & VM_WRITE);
+}
+
+/*
+ * Send what a pass decided: INVALIDATE of the changed span, the CANCELs
+ * and a REPLAY of the context, and wait for them. The cancels are
+ * re-checked and sent under mmap_read_lock (see "Cancels"); one that no
+ * longer holds is dropped, and the replay makes its lane fault again.
+ */
+static void fl_ctx_send(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 m,
+			const struct fl_span *changed, bool replay, bool mm_ok)
+{
+	struct fl_dev *fl = ctx->fl;
+	struct fl_cmd *cmds = ctx->fcmds;
+	bool locked = false;
+	u32 nc = 0, i;
+	int err;
+
+	if (changed->start < changed->end) {
+		cmds[nc++] = (struct fl_cmd) {
+			.opcode = FL_OP_INVALIDATE,
+			.context = ctx->id,
+			.args = { changed->start, changed->end - changed->start },
+		};
+		atomic64_inc(&fl->fst.invalidations);
+	}
+	for (i = 0; i < m; i++) {
+		if (!f[i].cancel)
+			continue;
+		replay = true;
+		if (mm_ok && !locked) {
+			mmap_read_lock(ctx->mm);
+			locked = true;
+		}
+		if (locked && fl_cancel_stale(ctx->mm, &f[i])) {
+			atomic64_inc(&fl->fst.cancels_dropped);
+			continue;
+		}
+		cmds[nc++] = (struct fl_cmd) {
+			.opcode = FL_OP_CANCEL,
+			.context = ctx->id,
+			.args = { f[i].va, f[i].cancel },
+		};
+		fl_ctx_log_cancel(ctx, f[i].va, f[i].err);
+		atomic64_inc(&fl->fst.cancels);
+	}
+	if (replay) {
+		cmds[nc++] = (struct fl_cmd) {
+			.opcode = FL_OP_REPLAY,
+			.context = ctx->id,
+		};
+		atomic64_inc(&fl->fst.replays);
+	}
+	if (nc) {
+		err = fl_exec(fl, cmds, nc, FLS_NOINTR);
+		if (err)
+			dev_dbg_ratelimited(fl_device(fl), "%s: context %u fault commands: %d\n",
+					    fl->name, ctx->id, err);
+	}
+	if (locked)
+		mmap_read_unlock(ctx->mm);
+}
+
+static bool fl_ctx_dying(struct fl_ctx *ctx)
+{
+	bool dying;
+
+	spin_lock(&ctx->fq_lock);
+	dying = ctx->dying;
+	spin_unlock(&ctx->fq_lock);
+	return dying;
+}
+
+/* Sort @f and merge records of one page; returns how many are left. */
+static u32 fl_fault_merge(struct fl_dev *fl, struct fl_fault_rec *f, u32 n)
+{
+	u32 i, m;
+
+	sort(f, n, sizeof(*f), fl_fault_cmp, NULL);
+	for (i = 0, m = 0; i < n; i++) {
+		if (m && f[m - 1].ctx == f[i].ctx && f[m - 1].va == f[i].va) {
+			f[m - 1].mask |= f[i].mask;
+			atomic64_inc(&fl->fst.duplicates);
+			continue;
+		}
+		f[m++] = f[i];
+	}
+	return m;
+}
+
+/* One pass over @n records of generation @gen (see the top of the file). */
+static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
+			bool replay, u64 gen)
+{
+	struct fl_dev *fl = ctx->fl;
+	struct fl_span pchanged = {};
+	struct fl_pass ps = {};
+	u32 i, m, dups = 0;
+	bool mm_ok;
+
+	atomic64_inc(&fl->fst.ctx_passes);
+	m = fl_fault_merge(fl, f, n);
 	mutex_lock(&ctx->lock);
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < m; i++) {
+		f[i].done = 0;
+		f[i].cancel = 0;
+		f[i].transient = 0;
+		f[i].deferred = 0;
+		f[i].why = FL_WHY_NONE;
 		if (fl_pt_satisfies(ctx, &f[i])) {
 			f[i].done = 1;
 			dups++;
@@ -304,29 +895,96 @@ static void fl_service_ctx(struct fl_dev *fl, struct fl_ctx *ctx,
 	}
 	mutex_unlock(&ctx->lock);
 	atomic64_add(dups, &fl->fst.duplicates);
+	replay |= dups > 0;
+	for (i = 0; i < m; i++)
+		if (!f[i].done)
+			fl_transient_defer(ctx, &f[i], gen);
 
-	if (!mmget_not_zero(ctx->mm)) {
-		for (i = 0; i < n; i++)
-			if (!f[i].done)
-				fl_fault_cancel(&f[i], FL_ACC_ALL, -EFAULT);
-		return;
-	}
-	for (i = 0; i < n; ) {
-		if (f[i].done)
+	mm_ok = mmget_not_zero(ctx->mm);
+	for (i = 0; i < m; ) {
+		if (f[i].done) {
 			i++;
-		else
-			i += fl_service_window(fl, ctx, f + i, n - i, changed);
+			continue;
+		}
+		/* A reset aborted the jobs; a release UNBINDs them. */
+		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
+			goto out;
+		replay = true;
+		if (!mm_ok) {
+			fl_fault_cancel(&f[i], FL_ACC_ALL, -EFAULT, FL_WHY_NO_VMA);
+			i++;
+			continue;
+		}
+		i += fl_service_window(ctx, f + i, m - i, &ps);
 	}
-	mmput(ctx->mm);
+	for (i = 0; i < m; i++)
+		fl_transient_note(ctx, &f[i]);
+	fl_ctx_send(ctx, f, m, &ps.changed, replay, mm_ok);
+
+	for (i = 0; i < ps.nprefetch && !fl_ctx_pending(ctx, 0, 0); i++) {
+		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
+			goto out;
+		fl_prefetch_window(ctx, ps.prefetch[i].va, ps.prefetch[i].write,
+				   &pchanged);
+	}
+	if (pchanged.start < pchanged.end) {
+		struct fl_cmd cmd = {
+			.opcode = FL_OP_INVALIDATE,
+			.context = ctx->id,
+			.args = { pchanged.start, pchanged.end - pchanged.start },
+		};
+
+		atomic64_inc(&fl->fst.invalidations);
+		fl_exec(fl, &cmd, 1, FLS_NOINTR);
+	}
+	fl_backoff_schedule(ctx);
+out:
+	if (mm_ok)
+		mmput_async(ctx->mm);
 }
 
-/* One batch; true if more entries are pending. fault_mutex held. */
+/* The context's work: passes until its queue is empty. */
+void fl_ctx_fault_work(struct work_struct *work)
+{
+	struct fl_ctx *ctx = container_of(work, struct fl_ctx, fault_work);
+	struct fl_dev *fl = ctx->fl;
+
+	for (;;) {
+		struct fl_fault_rec *f;
+		bool replay, dying;
+		u64 gen;
+		u32 n;
+
+		spin_lock(&ctx->fq_lock);
+		n = ctx->fq_n;
+		replay = ctx->fq_replay;
+		gen = ctx->fq_gen;
+		dying = ctx->dying;
+		f = ctx->fq;
+		ctx->fq = ctx->fwork;
+		ctx->fwork = f;
+		ctx->fq_n = 0;
+		ctx->fq_replay = false;
+		spin_unlock(&ctx->fq_lock);
+		if (!n && !replay)
+			break;
+		if (dying || gen != READ_ONCE(fl->generation) || fl_usable(fl))
+			continue;	/* moot: see fl_ctx_pass() */
+		fl_ctx_pass(ctx, f, n, replay, gen);
+	}
+	fl_ctx_put(ctx);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The fetcher */
+
+/* One fetch; true if more entries are pending. fault_mutex held. */
 static bool fl_fault_batch(struct fl_dev *fl)
 {
 	struct fl_fault_rec *f = fl->fbatch;
-	struct fl_cmd *cmds = fl->fcmds;
-	u32 n, m, i, j, k, nc = 0, ov;
+	u64 gen = READ_ONCE(fl->generation);
 	bool overflow, full;
+	u32 n, m, i, j, ov;
 	int err;
 
 	lockdep_assert_held(&fl->fault_mutex);
@@ -343,18 +1001,8 @@ static bool fl_fault_batch(struct fl_dev *fl)
 	atomic64_add(n, &fl->fst.faults);
 	atomic64_inc(&fl->fst.batches);
 
-	sort(f, n, sizeof(*f), fl_fault_cmp, NULL);
-	for (i = 0, m = 0; i < n; i++) {
-		if (m && f[m - 1].ctx == f[i].ctx && f[m - 1].va == f[i].va) {
-			f[m - 1].mask |= f[i].mask;
-			atomic64_inc(&fl->fst.duplicates);
-			continue;
-		}
-		f[m++] = f[i];
-	}
-
+	m = fl_fault_merge(fl, f, n);
 	for (i = 0; i < m; i = j) {
-		struct fl_span changed = {};
 		struct fl_ctx *ctx;
 
 		for (j = i + 1; j < m && f[j].ctx == f[i].ctx; j++)
@@ -365,63 +1013,40 @@ static bool fl_fault_batch(struct fl_dev *fl)
 			atomic64_add(j - i, &fl->fst.stale);
 			continue;
 		}
-		fl_service_ctx(fl, ctx, f + i, j - i, &changed);
-		if (changed.start < changed.end) {
-			cmds[nc++] = (struct fl_cmd) {
-				.opcode = FL_OP_INVALIDATE,
-				.context = ctx->id,
-				.args = { changed.start, changed.end - changed.start },
-			};
-			atomic64_inc(&fl->fst.invalidations);
-		}
-		for (k = i; k < j; k++) {
-			if (!f[k].cancel)
-				continue;
-			cmds[nc++] = (struct fl_cmd) {
-				.opcode = FL_OP_CANCEL,
-				.context = ctx->id,
-				.args = { f[k].va, f[k].cancel },
-			};
-			fl_ctx_log_cancel(ctx, f[k].va, f[k].err);
-			atomic64_inc(&fl->fst.cancels);
-		}
-		if (!overflow) {
-			cmds[nc++] = (struct fl_cmd) {
-				.opcode = FL_OP_REPLAY,
-				.context = ctx->id,
-			};
-			atomic64_inc(&fl->fst.replays);
-		}
+		spin_lock(&ctx->fq_lock);
+		fl_ctx_queue_locked(ctx, f + i, j - i, gen);
+		spin_unlock(&ctx->fq_lock);
 		fl_ctx_put(ctx);
-	}
-	/* Rule 3: every batch ends with a REPLAY, even one of stale entries. */
-	if (overflow || !nc) {
-		cmds[nc++] = (struct fl_cmd) {
-			.opcode = FL_OP_REPLAY,
-			.context = FL_CONTEXT_ALL,
-		};
-		atomic64_inc(&fl->fst.replays);
-	}
-	if (nc) {
-		err = fl_exec(fl, cmds, nc, FLS_NOINTR);
-		if (err)
-			dev_dbg_ratelimited(fl_device(fl), "%s: fault batch commands: %d\n",
-					    fl->name, err);
 	}
 	writel(fl->fr_get, fl->regs + FL_REG_FR_GET);
 	/*
 	 * A full ring may overflow until the device has seen the new GET, and
-	 * if this batch took every entry up to that full PUT, the device would
+	 * if this fetch took every entry up to that full PUT, the device would
 	 * not re-raise the interrupt (PUT == GET) for the dropped faults: read
 	 * a register (answered after the posted GET write) and look at the
 	 * overflow count again.
 	 */
 	if (full)
 		readl(fl->regs + FL_REG_FR_PUT);
+	if (overflow) {
+		/* Stalled lanes without an entry: all post theirs again. */
+		struct fl_cmd cmd = {
+			.opcode = FL_OP_REPLAY,
+			.context = FL_CONTEXT_ALL,
+		};
+
+		atomic64_inc(&fl->fst.replays);
+		err = fl_exec(fl, &cmd, 1, FLS_NOINTR);
+		if (err)
+			dev_dbg_ratelimited(fl_device(fl), "%s: replay after overflow: %d\n",
+					    fl->name, err);
+	}
+	fl_ctx_ids_release(fl);
 	return READ_ONCE(fl->wb->fr_put) != fl->fr_get ||
 	       READ_ONCE(fl->wb->fr_overflows) != fl->fr_overflows;
 rearm:
 	writel(fl->fr_get, fl->regs + FL_REG_FR_GET);
+	fl_ctx_ids_release(fl);
 	return false;
 }
 
@@ -444,8 +1069,9 @@ void fl_fault_work(struct work_struct *work)
 /*
  * Program the fault ring (from fl_hw_init(), reset_mutex held): GET = PUT =
  * 0, the ring's memory cleared, the interrupt armed by the enable. Its size
- * is the fl_fr_entries parameter at this moment, so a test can shrink it and
- * reset to provoke overflows. fault_mutex keeps the worker out meanwhile.
+ * is the fr_entries parameter at this moment, so a test can shrink it and
+ * reset to provoke overflows. fault_mutex keeps the fetcher out meanwhile.
+ * The ring's old entries are gone, so retired context ids are free.
  */
 void fl_fr_program(struct fl_dev *fl)
 {
@@ -464,5 +1090,6 @@ void fl_fr_program(struct fl_dev *fl)
 	writel(min_t(u32, READ_ONCE(fl_fr_irq_delay_us), FL_FR_IRQ_DELAY_MAX),
 	       fl->regs + FL_REG_FR_IRQ_DELAY);
 	writel(FL_FR_CTRL_ENABLE, fl->regs + FL_REG_FR_CONTROL);
+	fl_ctx_ids_release(fl);
 	mutex_unlock(&fl->fault_mutex);
 }

@@ -66,15 +66,19 @@
  *   device_lock (PCI core: probe, remove, FLR) or io_rwsem (ioctls)
  *     -> excl_rwsem (queue users among the ioctls)
  *       -> reset_mutex | stats_mutex (never nested with each other)
- *         -> fault_mutex (fault worker; fl_fr_program() under reset_mutex)
- *           -> [mmap_lock (read) -> notifier callbacks] | ctx->lock
- *             -> sq_lock (spinlock, never taken in hard-IRQ context)
- * ctx->lock is also taken inside mmap_lock (write) by the invalidate
- * callback, so nothing holding ctx->lock takes mmap_lock or allocates memory
- * with reclaim. The callback takes io_rwsem only with a trylock. ctx_lock,
- * orphan_lock and cancel_lock are leaf spinlocks. The interrupt handlers take
- * no lock: they use atomics, WRITE_ONCE, the wait queue and queue_work(); the
- * error handler's thread takes reset_mutex only.
+ *         -> fault_mutex (the fetcher; fl_fr_program() under reset_mutex)
+ *           -> sq_lock (spinlock, never taken in hard-IRQ context)
+ *   context fault work (ctx_wq; holds no lock of the above)
+ *     -> mmap_lock (read, or write when escalated) [-> vma write lock]
+ *       -> notifier callbacks (from its own hmm_range_fault() faults)
+ *       -> ctx->lock -> sq_lock
+ * ctx->lock is taken inside mmap_lock (either mode) by the invalidate
+ * callbacks and by the fault work, so nothing holding ctx->lock takes
+ * mmap_lock or allocates memory with reclaim (reclaim may call the
+ * callbacks). The callbacks take io_rwsem only with a trylock. ctx_lock,
+ * orphan_lock, cancel_lock and fq_lock are leaf spinlocks. The interrupt
+ * handlers take no lock: they use atomics, WRITE_ONCE, the wait queue and
+ * queue_work(); the error handler's thread takes reset_mutex only.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -106,8 +110,10 @@
 #include <linux/sort.h>
 #include <linux/spinlock.h>
 #include <linux/uaccess.h>
+#include <linux/userfaultfd_k.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
+#include <linux/xarray.h>
 
 #include "faultline_abi.h"
 #include "faultline_uapi.h"
@@ -124,6 +130,9 @@ extern unsigned int fl_fr_irq_delay_us;
 extern unsigned int fl_fault_batch_max;
 extern bool fl_fault_prefetch;
 extern unsigned int fl_job_timeout_ms;
+extern unsigned int fl_escalate_after;
+extern unsigned int fl_escalate_ms;
+extern unsigned int fl_prefetch_pct;
 
 /* Layout of the auxiliary DMA page. */
 #define FL_AUX_SIZE		SZ_4K
@@ -244,12 +253,13 @@ struct fl_dev {
 
 	/*
 	 * Fault ring (DMA, fr_alloc entries allocated at probe). fault_mutex
-	 * is held by the fault worker for a whole batch and by fl_fr_program();
-	 * it protects fr_size, fr_get, fr_overflows, fbatch, fcmds and
-	 * hmm_pfns. Taken after reset_mutex, before any ctx->lock; the worker
-	 * sleeps under it (hmm_range_fault(), mmap_lock, command waits) but
-	 * never takes reset_mutex, so a reset never waits for it for long: the
-	 * reset settles the worker's requests first.
+	 * is held by the fetcher for a fetch, by fl_fr_program() and by
+	 * fl_hw_init() around its clearing of the writeback block; it protects
+	 * fr_size, fr_get, fr_overflows, fbatch and the fault-ring fields of
+	 * the writeback block. Taken after reset_mutex; the fetcher never
+	 * sleeps on an mm under it (servicing is the contexts' work), only on
+	 * the REPLAY after an overflow, which a reset settles, so a reset never
+	 * waits for it for long. Never taken with ctx->lock or mmap_lock held.
 	 */
 	struct mutex fault_mutex;
 	struct fl_fault *fr;
@@ -259,10 +269,9 @@ struct fl_dev {
 	u32 fr_get;			/* free-running GET */
 	u32 fr_overflows;		/* last FL_WB_FR_OVERFLOWS seen */
 	struct fl_fault_rec *fbatch;	/* FL_BATCH_LIMIT */
-	struct fl_cmd *fcmds;		/* 3 * FL_BATCH_LIMIT + 1 */
-	unsigned long *hmm_pfns;	/* one window: FL_HUGE_PAGES */
-	struct workqueue_struct *fault_wq;
+	struct workqueue_struct *fault_wq;	/* the fetcher: fault_work */
 	struct work_struct fault_work;
+	struct workqueue_struct *ctx_wq;	/* per-context servicing, concurrent */
 
 	/*
 	 * ctx_lock (spinlock, leaf): ctx_table (context id -> bound context)
@@ -273,6 +282,17 @@ struct fl_dev {
 	struct fl_ctx **ctx_table;
 	u32 nr_ctx;
 	struct ida ctx_ida;
+	/*
+	 * Retired context ids (ctx_lock): an id goes back to ctx_ida only once
+	 * the fetcher's GET has passed the PUT read after its UNBIND, or a
+	 * reset cleared the ring, so that no entry posted for the old owner
+	 * is ever serviced in the mm of the next one.
+	 */
+	struct fl_retired {
+		u32 put;
+		u64 gen;
+		bool held;
+	} *retired;			/* num_contexts */
 	/* Job completion records; orphan_lock (leaf) guards orphans. */
 	struct dma_pool *compl_pool;
 	spinlock_t orphan_lock;
@@ -286,6 +306,9 @@ struct fl_dev {
 		atomic64_t overflows, pages_mapped, huge_mapped, upgrades;
 		atomic64_t notifier_calls, notifier_clears, notifier_busy;
 		atomic64_t worker_runs, stale;
+		atomic64_t escalations, deferrals, transient_cancels;
+		atomic64_t cancels_dropped, prefetch_blocks, prefetch_pages;
+		atomic64_t blocks, job_timeouts, begin_wait_ns, ctx_passes;
 	} fst;
 
 	/* Written by the interrupt handlers only (lockless, READ_ONCE). */
@@ -376,19 +399,46 @@ struct fl_pt {
 };
 
 #define FL_CANCEL_LOG		32
+#define FL_CTX_QUEUE		FL_BATCH_LIMIT	/* fetched records a context holds */
+#define FL_TRANSIENT_SLOTS	16	/* pages in backoff per context */
+
+/*
+ * One naturally aligned 2 MiB block of a context's address space that the
+ * device may map, with its own mmu_interval_notifier (see ctx.c, "Notifier
+ * granularity"). Device PTEs exist only inside blocks that have one.
+ */
+struct fl_block {
+	struct mmu_interval_notifier notifier;	/* [start, start + FL_HUGE_SIZE) */
+	struct fl_ctx *ctx;
+	u64 start;
+};
+
+/* A page whose fault failed for a reason that may pass (fault.c). */
+struct fl_transient {
+	u64 va;			/* 0: free slot */
+	unsigned long not_before;	/* jiffies */
+	unsigned int attempts;
+};
 
 /* One device context: the mirror of one process's address space. */
 struct fl_ctx {
 	struct fl_dev *fl;		/* reference held (fl->ref) */
-	struct kref ref;		/* the file + the fault worker while it uses it */
+	/* the file, each queued or running work item, each batch using it */
+	struct kref ref;
 	struct mm_struct *mm;		/* mmgrab()ed at bind, mmdrop()ed at free */
-	struct mmu_interval_notifier notifier;	/* whole user address space */
-	u16 id;				/* device context; ida-owned until free */
+	/*
+	 * blocks: block index (va >> 21) -> struct fl_block. Inserted by the
+	 * context's fault work only, removed at release (fl_ctx_destroy())
+	 * after the device stopped walking the tables. The xarray's own lock
+	 * covers its structure; entries are never freed while the work runs.
+	 */
+	struct xarray blocks;
+	u16 id;				/* device context; ida-owned until retired */
 	bool leak;			/* UNBIND failed: never free the tables */
 	/*
-	 * lock: the mirror's "update lock". Held by the invalidate callback
+	 * lock: the mirror's "update lock". Held by the invalidate callbacks
 	 * from mmu_interval_set_seq() until the device has acknowledged the
-	 * INVALIDATE (FENCE seen), and by the fault worker from
+	 * INVALIDATE (FENCE seen), and by the fault work from
 	 * mmu_interval_read_retry() until the new PTEs are written, so a PTE
 	 * is never written from a stale hmm_range_fault() result. Also
 	 * serialises BIND/UNBIND of the context and every access to the
@@ -401,6 +451,31 @@ struct fl_ctx {
 	struct fl_pt *spare[FL_PT_SPARE];
 	unsigned int nspare;
 	u64 bound_gen;			/* fl->generation of the last BIND, or U64_MAX */
+	u32 retire_put;			/* FL_REG_FR_PUT read after the UNBIND */
+	u64 retire_gen;			/* fl->generation of that read */
+
+	/*
+	 * Fault servicing (fault.c). fq_lock (leaf spinlock) guards the queue
+	 * of records the fetcher hands over (fq, fq_n, fq_gen, fq_replay),
+	 * the deferred records and dying. The work item runs on fl->ctx_wq,
+	 * one instance at a time per context; fwork, hmm_pfns, fcmds and
+	 * transient are its own.
+	 */
+	spinlock_t fq_lock;
+	struct fl_fault_rec *fq;	/* FL_CTX_QUEUE records, not yet serviced */
+	u32 fq_n;
+	u64 fq_gen;			/* fl->generation the records were fetched in */
+	bool fq_replay;			/* records were dropped: REPLAY anyway */
+	bool dying;			/* release started: queue nothing more */
+	struct fl_fault_rec *deferred;	/* FL_TRANSIENT_SLOTS records in backoff */
+	u32 ndeferred;
+	u64 deferred_gen;		/* fl->generation of the deferred records */
+	struct work_struct fault_work;
+	struct delayed_work backoff_work;	/* re-queues the deferred records */
+	struct fl_fault_rec *fwork;	/* FL_CTX_QUEUE: the pass being serviced */
+	unsigned long *hmm_pfns;	/* FL_HUGE_PAGES */
+	struct fl_cmd *fcmds;		/* FL_CTX_QUEUE + 2 */
+	struct fl_transient transient[FL_TRANSIENT_SLOTS];
 
 	/*
 	 * cancel_lock: the cancel log, a ring of the last cancels the worker
@@ -437,7 +512,18 @@ struct fl_fault_rec {
 	u8 mask;		/* every access seen, bit per FL_ACCESS_* */
 	u8 cancel;		/* accesses to cancel */
 	u8 done;		/* serviced or decided */
+	u8 transient;		/* failed for a reason that may pass */
+	u8 deferred;		/* in backoff: waits in ctx->deferred */
+	u8 why;			/* FL_WHY_*: what decided the cancel */
 	s16 err;		/* errno of the cancel */
+};
+
+/* Why a fault is cancelled; the first two are re-checked before sending. */
+enum {
+	FL_WHY_NONE,
+	FL_WHY_NO_VMA,		/* no VMA, or one the device cannot use */
+	FL_WHY_PERM,		/* write or atomic to a VMA without VM_WRITE */
+	FL_WHY_FAILED,		/* hmm_range_fault() failed on the page itself */
 };
 
 #define FL_ACC_BIT(a)		(1U << (a))
@@ -486,6 +572,7 @@ int fl_pt_set(struct fl_ctx *ctx, u64 va, u64 leaf, bool huge, struct fl_span *c
 u64 fl_pt_lookup(struct fl_ctx *ctx, u64 va, bool *huge);
 void fl_pt_clear(struct fl_pt *pt, unsigned int level, u64 base, u64 start, u64 end, struct fl_span *cleared);
 bool fl_pt_any(struct fl_pt *pt, unsigned int level, u64 base, u64 start, u64 end);
+unsigned int fl_pt_block_mapped(struct fl_ctx *ctx, u64 va);
 
 /* ctx.c: contexts and the mirror notifier */
 struct fl_ctx *fl_ctx_get(struct fl_dev *fl, u16 id);
@@ -496,10 +583,14 @@ struct fl_ctx *fl_file_ctx(struct fl_file *ff, bool create);
 void fl_ctx_log_cancel(struct fl_ctx *ctx, u64 va, int err);
 u64 fl_ctx_cancel_seq(struct fl_ctx *ctx);
 int fl_ctx_cancel_errno(struct fl_ctx *ctx, u64 seq0, u64 src, u64 slen, u64 dst, u64 dlen);
+struct fl_block *fl_block_get(struct fl_ctx *ctx, u64 va);
+void fl_ctx_ids_release(struct fl_dev *fl);
 
 /* fault.c: fault servicing */
 void fl_fault_work(struct work_struct *work);
 void fl_fr_program(struct fl_dev *fl);
+void fl_ctx_fault_work(struct work_struct *work);
+void fl_ctx_backoff_work(struct work_struct *work);
 
 /* job.c: jobs and the shared-virtual-memory ioctls */
 void fl_orphans_free(struct fl_dev *fl, bool all);

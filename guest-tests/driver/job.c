@@ -62,6 +62,37 @@ static int fl_job_wait(struct fl_dev *fl, struct fl_job_wait *w, unsigned int ms
 	return fl_job_ready(fl, w) ? 0 : -ETIMEDOUT;
 }
 
+/*
+ * Wait for a job's record until it is written, a reset or removal ends the
+ * job, or a signal ends the wait. A job that takes longer than
+ * job_timeout_ms is reported, once a period, and never cancelled: every
+ * fault of a valid VMA is serviced eventually (fault.c), and one of an
+ * invalid VMA is cancelled there. A process killed meanwhile ends the job
+ * with its context's UNBIND.
+ */
+static int fl_job_wait_reporting(struct fl_dev *fl, struct fl_ctx *ctx,
+				 struct fl_job_wait *w, u64 t0)
+{
+	unsigned int ms;
+	int err;
+
+	for (;;) {
+		ms = READ_ONCE(fl_job_timeout_ms);
+		err = fl_job_wait(fl, w, ms ? ms : UINT_MAX);
+		if (err != -ETIMEDOUT)
+			return err;
+		atomic64_inc(&fl->fst.job_timeouts);
+		dev_warn_ratelimited(fl_device(fl), "%s: job on context %u not done after %llu ms (still waiting): faults %lld, retries %lld, escalations %lld, deferrals %lld, fault ring PUT %u GET %u\n",
+				     fl->name, ctx->id,
+				     (ktime_get_ns() - t0) / NSEC_PER_MSEC,
+				     atomic64_read(&fl->fst.faults),
+				     atomic64_read(&fl->fst.retries),
+				     atomic64_read(&fl->fst.escalations),
+				     atomic64_read(&fl->fst.deferrals),
+				     READ_ONCE(fl->wb->fr_put), READ_ONCE(fl->fr_get));
+	}
+}
+
 static const u8 fl_job_opcode[] = {
 	[FL_JOBOP_FILL] = FL_OP_JOB_FILL,
 	[FL_JOBOP_COPY] = FL_OP_JOB_COPY,
@@ -138,21 +169,12 @@ int fl_job_run(struct fl_ctx *ctx, struct fl_ioc_job *ap)
 	down_read(&fl->excl_rwsem);
 	err = fl_submit(fl, &cmd, 1, 0, &req);
 	if (!err) {
-		err = fl_job_wait(fl, &w, READ_ONCE(fl_job_timeout_ms));
+		err = fl_job_wait_reporting(fl, ctx, &w, t0);
 		ret = fl_wait_request(fl, &req);
 		if (!err && ret && !READ_ONCE(rec->status))
 			err = ret;
 	}
 	up_read(&fl->excl_rwsem);
-	if (err == -ETIMEDOUT) {
-		/* Stuck: fail this context's stalled jobs, then wait a bit. */
-		struct fl_cmd c = { .opcode = FL_OP_CANCEL_ALL, .context = ctx->id };
-
-		dev_warn_ratelimited(fl_device(fl), "%s: job on context %u not done after %u ms: cancelling the context's stalled jobs\n",
-				     fl->name, ctx->id, READ_ONCE(fl_job_timeout_ms));
-		if (!fl_exec(fl, &c, 1, FLS_NOINTR))
-			fl_job_wait(fl, &w, 1000);
-	}
 	a.elapsed_ns = ktime_get_ns() - t0;
 
 	status = READ_ONCE(rec->status);
@@ -179,8 +201,7 @@ int fl_job_run(struct fl_ctx *ctx, struct fl_ioc_job *ap)
 		err = 0;
 		break;
 	case FL_JOB_CANCELLED:
-		err = err == -ETIMEDOUT ? err :
-		      fl_ctx_cancel_errno(ctx, cseq, a.src, slen, a.dst, dlen);
+		err = fl_ctx_cancel_errno(ctx, cseq, a.src, slen, a.dst, dlen);
 		break;
 	case FL_JOB_INVALID:
 		err = -EINVAL;
@@ -315,6 +336,16 @@ long fl_ioc_fault_stats(struct fl_dev *fl, void __user *uarg)
 	a.worker_runs = atomic64_read(&fl->fst.worker_runs);
 	a.irqs = atomic64_read(&fl->irqs[FL_VEC_FAULT]);
 	a.stale = atomic64_read(&fl->fst.stale);
+	a.escalations = atomic64_read(&fl->fst.escalations);
+	a.deferrals = atomic64_read(&fl->fst.deferrals);
+	a.transient_cancels = atomic64_read(&fl->fst.transient_cancels);
+	a.cancels_dropped = atomic64_read(&fl->fst.cancels_dropped);
+	a.prefetch_blocks = atomic64_read(&fl->fst.prefetch_blocks);
+	a.prefetch_pages = atomic64_read(&fl->fst.prefetch_pages);
+	a.blocks = atomic64_read(&fl->fst.blocks);
+	a.job_timeouts = atomic64_read(&fl->fst.job_timeouts);
+	a.begin_wait_ns = atomic64_read(&fl->fst.begin_wait_ns);
+	a.ctx_passes = atomic64_read(&fl->fst.ctx_passes);
 	spin_lock(&fl->ctx_lock);
 	a.contexts = fl->nr_ctx;
 	spin_unlock(&fl->ctx_lock);

@@ -35,7 +35,19 @@ MODULE_PARM_DESC(prefetch, "fault windows reach the end of their 2 MiB block: hm
 
 unsigned int fl_job_timeout_ms = 60000;
 module_param_named(job_timeout_ms, fl_job_timeout_ms, uint, 0644);
-MODULE_PARM_DESC(job_timeout_ms, "longest wait for one FL_IOC_JOB before cancelling, in ms (default 60000)");
+MODULE_PARM_DESC(job_timeout_ms, "FL_IOC_JOB reports (never cancels) a job not done after this many ms, and again each period (default 60000)");
+
+unsigned int fl_escalate_after = 4;
+module_param_named(escalate_after, fl_escalate_after, uint, 0644);
+MODULE_PARM_DESC(escalate_after, "collisions with invalidations after which a fault window is serviced under mmap_write_lock (0: never by count; default 4)");
+
+unsigned int fl_escalate_ms = 20;
+module_param_named(escalate_ms, fl_escalate_ms, uint, 0644);
+MODULE_PARM_DESC(escalate_ms, "time in ms a fault window may spend before it is serviced under mmap_write_lock (0: never by time; default 20)");
+
+unsigned int fl_prefetch_pct = 10;
+module_param_named(prefetch_pct, fl_prefetch_pct, uint, 0644);
+MODULE_PARM_DESC(prefetch_pct, "with prefetch=Y, populate the rest of a window after the replay once this percentage of its 2 MiB block is mapped (0: always; default 10)");
 
 /* ---------------------------------------------------------------------- */
 /* ioctls */
@@ -225,14 +237,14 @@ static int fl_alloc_dma(struct fl_dev *fl)
 	fl->fr = dma_alloc_coherent(dev, (size_t)fl->fr_alloc * FL_FAULT_SIZE,
 				    &fl->fr_dma, GFP_KERNEL);
 	fl->fbatch = kvcalloc(FL_BATCH_LIMIT, sizeof(*fl->fbatch), GFP_KERNEL);
-	fl->fcmds = kvcalloc(3 * FL_BATCH_LIMIT + 1, sizeof(*fl->fcmds), GFP_KERNEL);
-	fl->hmm_pfns = kvcalloc(FL_HUGE_PAGES, sizeof(*fl->hmm_pfns), GFP_KERNEL);
 	fl->ctx_table = kcalloc(max(fl->num_contexts, 1U), sizeof(*fl->ctx_table),
 				GFP_KERNEL);
+	fl->retired = kcalloc(max(fl->num_contexts, 1U), sizeof(*fl->retired),
+			      GFP_KERNEL);
 	fl->compl_pool = dma_pool_create("faultline-job", dev, FL_COMPL_SIZE,
 					 FL_COMPL_SIZE, 0);
-	if (!fl->fr || !fl->fbatch || !fl->fcmds || !fl->hmm_pfns ||
-	    !fl->ctx_table || !fl->compl_pool) {
+	if (!fl->fr || !fl->fbatch || !fl->ctx_table || !fl->retired ||
+	    !fl->compl_pool) {
 		fl_free_dma(fl);
 		return -ENOMEM;
 	}
@@ -245,9 +257,8 @@ static void fl_free_dma(struct fl_dev *fl)
 
 	fl_orphans_free(fl, true);
 	dma_pool_destroy(fl->compl_pool);
+	kfree(fl->retired);
 	kfree(fl->ctx_table);
-	kvfree(fl->hmm_pfns);
-	kvfree(fl->fcmds);
 	kvfree(fl->fbatch);
 	if (fl->fr)
 		dma_free_coherent(dev, (size_t)fl->fr_alloc * FL_FAULT_SIZE,
@@ -330,7 +341,10 @@ static int fl_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_ida;
 	fl->fault_wq = alloc_workqueue("%s-fault", WQ_UNBOUND | WQ_HIGHPRI, 1,
 				       fl->name);
-	if (!fl->fault_wq) {
+	/* Per-context fault servicing: contexts run concurrently. */
+	fl->ctx_wq = alloc_workqueue("%s-ctx", WQ_UNBOUND | WQ_HIGHPRI, 0,
+				     fl->name);
+	if (!fl->fault_wq || !fl->ctx_wq) {
 		ret = -ENOMEM;
 		goto err_dma;
 	}
@@ -383,6 +397,8 @@ err_vectors:
 	pci_free_irq_vectors(pdev);
 err_dma:
 	fl_hw_reset(fl);
+	if (fl->ctx_wq)
+		destroy_workqueue(fl->ctx_wq);
 	if (fl->fault_wq)
 		destroy_workqueue(fl->fault_wq);
 	fl_free_dma(fl);
@@ -401,19 +417,27 @@ static void fl_remove(struct pci_dev *pdev)
 	misc_deregister(&fl->misc);	/* no new opens */
 	fl_hmm_unregister(fl);
 
-	/* Waiters see FL_FLAG_DEAD and return -ENODEV; ioctls drain. */
+	/*
+	 * Dead, then at once disabled and reset, before waiting for anything:
+	 * from here the device neither translates, DMAs nor interrupts, so an
+	 * invalidate callback that returns meanwhile (it skips the fence once
+	 * hw_stopped is set) leaves no live TLB behind. Nothing re-enables the
+	 * device: every path that would checks FL_FLAG_DEAD first, and FLR
+	 * runs under device_lock like remove().
+	 */
 	set_bit(FL_FLAG_DEAD, &fl->flags);
-	wake_up_all(&fl->wq);
-	cancel_work_sync(&fl->fault_work);	/* its waits end with -ENODEV */
-	down_write(&fl->io_rwsem);
-
-	/* Disable, then reset: no more DMA or interrupts from the device. */
 	writel(0, fl->regs + FL_REG_CONTROL);
 	fl_hw_reset(fl);
 	WRITE_ONCE(fl->hw_stopped, true);
 
+	/* Waiters see FL_FLAG_DEAD and return -ENODEV; ioctls drain. */
+	wake_up_all(&fl->wq);
+	cancel_work_sync(&fl->fault_work);	/* its waits end with -ENODEV */
+	down_write(&fl->io_rwsem);
+
 	fl_free_irqs(fl, FL_VEC_ERROR + 1);
 	pci_free_irq_vectors(pdev);
+	destroy_workqueue(fl->ctx_wq);		/* context passes end quickly */
 	destroy_workqueue(fl->fault_wq);	/* a late run sees FL_FLAG_DEAD */
 	WARN_ON(!list_empty(&fl->inflight));
 	pci_clear_master(pdev);

@@ -127,6 +127,18 @@ static bool fl_pt_zap_table(struct fl_pt *c)
  * in its TLB, so it must be invalidated before the faulting lane replays.
  * ctx->lock held; the spares must hold FL_PT_SPARE tables. Returns 1 if the
  * entry was written, 0 if it already held @leaf, -ENOMEM without spares.
+ *
+ * Invariant: a valid PTE is replaced here without an INVALIDATE first, and
+ * that is safe, because the old and the new translation map the same
+ * physical memory: a PTE is written only from a hmm_range_fault() result
+ * that no invalidation of its block overtook (mmu_interval_read_retry()
+ * under ctx->lock), and any change of the CPU's mapping of a page runs the
+ * block's invalidate callback, which clears the device PTE first. So what
+ * changes here is permission (an upgrade) or granularity (4 KiB leaves of a
+ * block that the CPU maps with a PMD, and back); until the INVALIDATE that
+ * fl_ctx_send() queues before the REPLAY, the device may still use the old
+ * translation, which points at the same page with no more rights. The
+ * check below catches a breach of that invariant (and counts nothing else).
  */
 int fl_pt_set(struct fl_ctx *ctx, u64 va, u64 leaf, bool huge,
 		     struct fl_span *changed)
@@ -168,8 +180,10 @@ int fl_pt_set(struct fl_ctx *ctx, u64 va, u64 leaf, bool huge,
 	old = pt->e[i];
 	if (old == leaf)
 		return 0;
-	if (old & FL_PTE_VALID)
+	if (old & FL_PTE_VALID) {
+		WARN_ON_ONCE((old & FL_PTE_ADDR_MASK) != (leaf & FL_PTE_ADDR_MASK));
 		fl_span_add(changed, va, va + PAGE_SIZE);
+	}
 	WRITE_ONCE(pt->e[i], leaf);
 	return 1;
 }
@@ -254,4 +268,31 @@ bool fl_pt_any(struct fl_pt *pt, unsigned int level, u64 base,
 			return true;
 	}
 	return false;
+}
+
+/*
+ * How many 4 KiB pages of the 2 MiB block of @va the device maps now (all
+ * of them under a 2 MiB leaf). ctx->lock.
+ */
+unsigned int fl_pt_block_mapped(struct fl_ctx *ctx, u64 va)
+{
+	struct fl_pt *pt = ctx->root;
+	unsigned int level, i, n = 0;
+	u64 e;
+
+	lockdep_assert_held(&ctx->lock);
+	for (level = 3; level >= 1; level--) {
+		i = fl_pt_index(va, level);
+		e = pt->e[i];
+		if (!(e & FL_PTE_VALID))
+			return 0;
+		if (e & FL_PTE_LEAF)
+			return level == 1 ? FL_HUGE_PAGES : 0;
+		pt = pt->child[i];
+		if (!pt)
+			return 0;
+	}
+	for (i = 0; i < FL_PT_ENTRIES; i++)
+		n += !!(pt->e[i] & FL_PTE_VALID);
+	return n;
 }

@@ -279,7 +279,10 @@ int fl_hw_init(struct fl_dev *fl)
 
 	fl_hw_reset(fl);
 	memset(fl->cq, 0, (size_t)fl->cq_entries * FL_CMD_SIZE);
+	/* The fetcher reads the fault-ring fields of the block under it. */
+	mutex_lock(&fl->fault_mutex);
 	memset(fl->wb, 0, FL_WB_SIZE);
+	mutex_unlock(&fl->fault_mutex);
 	spin_lock(&fl->sq_lock);
 	WRITE_ONCE(fl->tail, 0);
 	spin_unlock(&fl->sq_lock);

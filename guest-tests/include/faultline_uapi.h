@@ -246,7 +246,7 @@ struct fl_ioc_fault_stats {
 	__u64 duplicates;	/* entries merged into another of the batch, or already mapped */
 	__u64 windows;		/* hmm_range_fault windows */
 	__u64 retries;		/* window retries (-EBUSY or an invalidation collided) */
-	__u64 retry_timeouts;	/* windows given up after HMM_RANGE_DEFAULT_TIMEOUT (left to replay) */
+	__u64 retry_timeouts;	/* always 0: windows are never given up (escalations instead) */
 	__u64 cancels;		/* CANCEL commands issued */
 	__u64 invalidations;	/* INVALIDATE(_ALL) commands issued (notifier + upgrades) */
 	__u64 replays;		/* REPLAY commands issued */
@@ -261,7 +261,17 @@ struct fl_ioc_fault_stats {
 	__u64 irqs;		/* FL_VEC_FAULT interrupts */
 	__u64 stale;		/* entries for contexts no longer bound (ignored) */
 	__u64 contexts;		/* contexts bound now */
-	__u64 reserved[12];
+	__u64 escalations;	/* windows serviced under mmap_write_lock after collisions */
+	__u64 deferrals;	/* records deferred: their page is in backoff */
+	__u64 transient_cancels;	/* faults cancelled after repeated transient failures */
+	__u64 cancels_dropped;	/* cancels that no longer held when re-checked */
+	__u64 prefetch_blocks;	/* windows populated after the replay */
+	__u64 prefetch_pages;	/* pages those populations faulted in */
+	__u64 blocks;		/* 2 MiB block notifiers inserted */
+	__u64 job_timeouts;	/* job_timeout_ms reports (jobs are never cancelled for time) */
+	__u64 begin_wait_ns;	/* time in mmu_interval_read_begin() */
+	__u64 ctx_passes;	/* per-context servicing passes */
+	__u64 reserved[2];
 };
 
 /* fl_ioc_snapshot bytes, one per 4 KiB page: the device PTE now */

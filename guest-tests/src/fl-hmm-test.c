@@ -591,20 +591,36 @@ static int count_resident(void *p, size_t len)
 	return n;
 }
 
+/* Wait up to @ms for at least @want of @len bytes at @p to be resident. */
+static int wait_resident(void *p, size_t len, int want, unsigned int ms)
+{
+	int n = count_resident(p, len);
+
+	while (n >= 0 && n < want && ms--) {
+		usleep(1000);
+		n = count_resident(p, len);
+	}
+	return n;
+}
+
 /*
  * Window policy: with prefetch=N a fault populates only the pages the device
- * touches; with prefetch=Y the first fault of a block populates the rest.
+ * touches; with prefetch=Y and prefetch_pct=0 the first fault of a block
+ * populates the rest, right after the replay (so the job may end first);
+ * with prefetch_pct=50 one fault in a fresh block is not enough.
  */
 static int t_window_policy(char *why, size_t wlen)
 {
 	const size_t len = HUGE;
 	unsigned char *p = map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
 	unsigned char *q = map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
+	char old_pct[16] = "10";
 	struct fl_ioc_job j;
 	int fd = open_dev(), err, rc = PASS, n;
 	size_t off;
 
 	CHECK(p && q && fd >= 0, "setup");
+	fl_read_file("/sys/module/faultline/parameters/prefetch_pct", old_pct, sizeof(old_pct));
 	madvise(p, len, MADV_NOHUGEPAGE);
 	madvise(q, len, MADV_NOHUGEPAGE);
 	CHECK(!set_param("prefetch", "N"), "cannot set prefetch");
@@ -615,15 +631,25 @@ static int t_window_policy(char *why, size_t wlen)
 	n = count_resident(p, len);
 	CHECK(n == (int)(len / PAGE / 16), "prefetch=N: %d pages resident, want %lu", n,
 	      len / PAGE / 16);
-	CHECK(!set_param("prefetch", "Y"), "cannot set prefetch");
+	CHECK(!set_param("prefetch", "Y") && !set_param("prefetch_pct", "50"),
+	      "cannot set prefetch");
+	err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(p + PAGE), 100, 7, 1, FL_JOBPAT_SEQ);
+	CHECK(!err, "fill: %d", err);
+	madvise(p, len, MADV_DONTNEED);
+	err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(p + PAGE), 100, 7, 1, FL_JOBPAT_SEQ);
+	CHECK(!err, "fill: %d", err);
+	n = wait_resident(p, len, 2, 200);
+	CHECK(n == 1, "prefetch_pct=50: %d pages resident after one fault, want 1", n);
+	CHECK(!set_param("prefetch_pct", "0"), "cannot set prefetch_pct");
 	err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(q + PAGE), 100, 7, 1, FL_JOBPAT_SEQ);
 	CHECK(!err, "fill: %d", err);
-	n = count_resident(q, len);
+	n = wait_resident(q, len, (int)(len / PAGE), 5000);
 	CHECK(n == (int)(len / PAGE), "prefetch=Y: %d pages resident, want %lu", n,
 	      len / PAGE);
 	printf("# window_policy: one-page faults populate 1 page (prefetch=N), %d pages (prefetch=Y)\n", n);
 out:
 	set_param("prefetch", "Y");
+	set_param("prefetch_pct", old_pct);
 	if (p)
 		munmap(p, len);
 	if (q)
@@ -1069,9 +1095,10 @@ static void *storm_perturb(void *arg)
 	return NULL;
 }
 
-static int t_fault_storm(char *why, size_t wlen)
+/* The mixed race workload: @jobs device jobs per thread under the perturber. */
+static int run_storm(char *why, size_t wlen, const char *label, int jobs)
 {
-	struct storm s = { .jobs = 10 * iters / 4 + 10, .fds = { -1, -1 } };
+	struct storm s = { .jobs = jobs, .fds = { -1, -1 } };
 	struct storm_thread th[STORM_THREADS];
 	pthread_t t[STORM_THREADS], pt;
 	struct fl_ioc_fault_stats s0, s1;
@@ -1097,7 +1124,7 @@ static int t_fault_storm(char *why, size_t wlen)
 	fault_stats(s.fds[0], &s0);
 	t0 = fl_now_ns();
 	pthread_create(&pt, NULL, storm_perturb, &s);
-	printf("# fault_storm: seed %u\n", storm_seed);
+	printf("# %s: seed %u\n", label, storm_seed);
 	for (k = 0; k < STORM_THREADS; k++) {
 		th[k] = (struct storm_thread) { .s = &s, .id = k, .seed = storm_seed + k };
 		s.why[k][0] = '\0';
@@ -1108,12 +1135,13 @@ static int t_fault_storm(char *why, size_t wlen)
 	atomic_store(&s.stop, 1);
 	pthread_join(pt, NULL);
 	fault_stats(s.fds[0], &s1);
-	printf("# fault_storm: %d threads x %d jobs in %.1f s: %llu faults, %llu batches, %llu duplicates, %llu retries, %llu cancels, %llu invalidations, %llu notifier calls\n",
-	       STORM_THREADS, s.jobs, (fl_now_ns() - t0) / 1e9,
+	printf("# %s: %d threads x %d jobs in %.1f s: %llu faults, %llu batches, %llu duplicates, %llu retries, %llu escalations, %llu cancels, %llu invalidations, %llu notifier calls\n",
+	       label, STORM_THREADS, s.jobs, (fl_now_ns() - t0) / 1e9,
 	       (unsigned long long)(s1.faults - s0.faults),
 	       (unsigned long long)(s1.batches - s0.batches),
 	       (unsigned long long)(s1.duplicates - s0.duplicates),
 	       (unsigned long long)(s1.retries - s0.retries),
+	       (unsigned long long)(s1.escalations - s0.escalations),
 	       (unsigned long long)(s1.cancels - s0.cancels),
 	       (unsigned long long)(s1.invalidations - s0.invalidations),
 	       (unsigned long long)(s1.notifier_calls - s0.notifier_calls));
@@ -1126,6 +1154,41 @@ out:
 			close(s.fds[k]);
 	if (mfd >= 0)
 		close(mfd);
+	return rc;
+}
+
+static int t_fault_storm(char *why, size_t wlen)
+{
+	return run_storm(why, wlen, "fault_storm", 10 * iters / 4 + 10);
+}
+
+/*
+ * The mixed race workload at every fault_batch from 1 to 1024, with
+ * job_timeout_ms at 5 s: the device keeps making progress (every thread's
+ * jobs complete; a job is never failed for taking long).
+ */
+static int t_batch_sweep(char *why, size_t wlen)
+{
+	static const char * const batches[] = { "1", "3", "16", "256", "1024" };
+	char label[32], old_batch[16] = "256", old_timeout[16] = "60000";
+	int rc = PASS;
+	size_t i;
+
+	fl_read_file("/sys/module/faultline/parameters/fault_batch", old_batch,
+		     sizeof(old_batch));
+	fl_read_file("/sys/module/faultline/parameters/job_timeout_ms", old_timeout,
+		     sizeof(old_timeout));
+	CHECK(!set_param("job_timeout_ms", "5000"), "cannot set job_timeout_ms");
+	for (i = 0; i < sizeof(batches) / sizeof(batches[0]); i++) {
+		CHECK(!set_param("fault_batch", batches[i]), "cannot set fault_batch");
+		snprintf(label, sizeof(label), "batch_sweep/%s", batches[i]);
+		rc = run_storm(why, wlen, label, iters / 2 + 5);
+		if (rc != PASS)
+			break;
+	}
+out:
+	set_param("fault_batch", old_batch);
+	set_param("job_timeout_ms", old_timeout);
 	return rc;
 }
 
@@ -1368,8 +1431,16 @@ static int t_counters(char *why, size_t wlen)
 	       (unsigned long long)s.notifier_clears, (unsigned long long)s.notifier_busy,
 	       (unsigned long long)s.irqs, (unsigned long long)s.worker_runs,
 	       (unsigned long long)s.stale);
-	CHECK(s.faults && s.batches && s.replays >= s.batches && s.windows,
+	printf("# counters: escalations %llu deferrals %llu transient cancels %llu cancels dropped %llu prefetch %llu blocks %llu pages, block notifiers %llu, job timeout reports %llu, read_begin wait %llu us, context passes %llu\n",
+	       (unsigned long long)s.escalations, (unsigned long long)s.deferrals,
+	       (unsigned long long)s.transient_cancels, (unsigned long long)s.cancels_dropped,
+	       (unsigned long long)s.prefetch_blocks, (unsigned long long)s.prefetch_pages,
+	       (unsigned long long)s.blocks, (unsigned long long)s.job_timeouts,
+	       (unsigned long long)s.begin_wait_ns / 1000, (unsigned long long)s.ctx_passes);
+	/* A pass may take several fetches' entries and ends with one REPLAY. */
+	CHECK(s.faults && s.batches && s.ctx_passes && s.replays && s.windows && s.blocks,
 	      "fault counters did not move");
+	CHECK(!s.retry_timeouts, "%llu windows given up", (unsigned long long)s.retry_timeouts);
 	CHECK(s.contexts == 1, "%llu contexts bound, want 1 (this file)",
 	      (unsigned long long)s.contexts);
 out:
@@ -1397,6 +1468,7 @@ static const struct test tests[] = {
 	{ "race_dontneed", t_race_dontneed },
 	{ "race_fork_cow", t_race_fork_cow },
 	{ "fault_storm", t_fault_storm },
+	{ "batch_sweep", t_batch_sweep },
 	{ "multi_process", t_multi_process },
 	{ "teardown", t_teardown },
 	{ "reset_during_faults", t_reset_during_faults },
