@@ -32,9 +32,11 @@
  *     record inside it; the device generation is checked between windows;
  *  4. send, in this order: INVALIDATE of the span of PTEs that changed while
  *     valid, the CANCELs (re-checked under mmap_lock and sent under it, see
- *     "Cancels"), and one REPLAY of the context; wait;
+ *     "Cancels"), and one REPLAY of the context; wait only when there were
+ *     CANCELs;
  *  5. prefetch, after the replay, the windows that qualified (see
- *     "Prefetch"), so that the stalled accesses resume first;
+ *     "Prefetch"), so that the stalled accesses resume first; then
+ *     INVALIDATE what it upgraded and REPLAY;
  *  6. drop the mm with mmput_async(): the worker never runs exit_mmap().
  *
  * Forward progress. A window whose hmm_range_fault() result collides with
@@ -192,12 +194,15 @@ static unsigned long fl_hmm_huge_pfn(unsigned long p, u64 va, u64 vs, u64 ve)
 /*
  * Write the PTEs of a window [ws, we) of the VMA [vs, ve) from
  * hmm_range_fault()'s results: a 2 MiB leaf where the CPU maps the whole
- * block with a PMD, else a 4 KiB leaf for each valid page. ctx->lock.
+ * block with a PMD, else a 4 KiB leaf for each valid page. Returns how many
+ * entries it wrote. ctx->lock.
  */
-static void fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx, u64 ws,
-			  u64 we, u64 vs, u64 ve, const unsigned long *pfns,
-			  struct fl_span *changed)
+static unsigned int fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx,
+				  u64 ws, u64 we, u64 vs, u64 ve,
+				  const unsigned long *pfns,
+				  struct fl_span *changed)
 {
+	unsigned int written = 0;
 	u64 va = ws;
 
 	while (va < we) {
@@ -208,13 +213,17 @@ static void fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx, u64 ws,
 		if (hpfn) {
 			p = hpfn | (p & HMM_PFN_WRITE);
 			va = ALIGN_DOWN(va, FL_HUGE_SIZE);
-			if (fl_pt_set(ctx, va, fl_leaf(p) | FL_PTE_LEAF, true, &sp) > 0)
+			if (fl_pt_set(ctx, va, fl_leaf(p) | FL_PTE_LEAF, true, &sp) > 0) {
 				atomic64_inc(&fl->fst.huge_mapped);
+				written++;
+			}
 			va += FL_HUGE_SIZE;
 		} else {
 			if ((p & HMM_PFN_VALID) && !(p & HMM_PFN_ERROR) &&
-			    fl_pt_set(ctx, va, fl_leaf(p), false, &sp) > 0)
+			    fl_pt_set(ctx, va, fl_leaf(p), false, &sp) > 0) {
 				atomic64_inc(&fl->fst.pages_mapped);
+				written++;
+			}
 			va += PAGE_SIZE;
 		}
 		if (sp.start < sp.end) {
@@ -222,6 +231,7 @@ static void fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx, u64 ws,
 			fl_span_add(changed, sp.start, sp.end);
 		}
 	}
+	return written;
 }
 
 
@@ -539,14 +549,14 @@ static bool fl_ctx_pending(struct fl_ctx *ctx, u64 ws, u64 we)
  * effort, a few collisions end it, failures are ignored, new faults of the
  * context end it early (what it populated so far is still mapped).
  */
-static void fl_prefetch_window(struct fl_ctx *ctx, u64 va, bool write,
-			       struct fl_span *changed)
+static unsigned int fl_prefetch_window(struct fl_ctx *ctx, u64 va, bool write,
+				       struct fl_span *changed)
 {
 	struct fl_dev *fl = ctx->fl;
 	struct mm_struct *mm = ctx->mm;
 	unsigned long *pfns = ctx->hmm_pfns;
 	struct vm_area_struct *vma;
-	unsigned int tries = 0;
+	unsigned int tries = 0, written;
 	struct fl_block *b;
 	unsigned long seq;
 	u64 ws, we, p, q;
@@ -554,16 +564,16 @@ static void fl_prefetch_window(struct fl_ctx *ctx, u64 va, bool write,
 
 	b = fl_block_get(ctx, va);
 	if (!b)
-		return;
+		return 0;
 again:
 	if (++tries > 3 || fl_pt_prealloc(ctx))
-		return;
+		return 0;
 	seq = mmu_interval_read_begin(&b->notifier);
 	mmap_read_lock(mm);
 	vma = vma_lookup(mm, va);
 	if (!fl_vma_usable(vma)) {
 		mmap_read_unlock(mm);
-		return;
+		return 0;
 	}
 	fl_window(vma, va, &ws, &we);
 	if (write && !(vma->vm_flags & VM_WRITE))
@@ -602,11 +612,12 @@ again:
 		mutex_unlock(&ctx->lock);
 		goto collided;
 	}
-	fl_window_map(fl, ctx, ws, we, vma->vm_start, vma->vm_end, pfns, changed);
+	written = fl_window_map(fl, ctx, ws, we, vma->vm_start, vma->vm_end,
+				pfns, changed);
 	mutex_unlock(&ctx->lock);
 	mmap_read_unlock(mm);
 	atomic64_inc(&fl->fst.prefetch_blocks);
-	return;
+	return written;
 
 collided:
 	mmap_read_unlock(mm);
@@ -833,13 +844,42 @@ static void fl_ctx_send(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 m,
 		atomic64_inc(&fl->fst.replays);
 	}
 	if (nc) {
-		err = fl_exec(fl, cmds, nc, FLS_NOINTR);
+		/*
+		 * CANCELs are waited for under mmap_lock (see "Cancels");
+		 * otherwise nothing needs the commands done before the next
+		 * pass, and the REPLAY leaves at once.
+		 */
+		err = fl_exec(fl, cmds, nc, FLS_NOINTR | (locked ? 0 : FLS_ASYNC));
 		if (err)
 			dev_dbg_ratelimited(fl_device(fl), "%s: context %u fault commands: %d\n",
 					    fl->name, ctx->id, err);
 	}
 	if (locked)
 		mmap_read_unlock(ctx->mm);
+}
+
+/*
+ * After a prefetch mapped pages: INVALIDATE what changed while valid, and
+ * REPLAY, since a lane may have stalled on a page the prefetch mapped
+ * (every PTE write is followed by a REPLAY; see fl_ctx_pass()).
+ */
+static void fl_prefetch_send(struct fl_ctx *ctx, const struct fl_span *changed)
+{
+	struct fl_dev *fl = ctx->fl;
+	struct fl_cmd cmds[2];
+	u32 nc = 0;
+
+	if (changed->start < changed->end) {
+		cmds[nc++] = (struct fl_cmd) {
+			.opcode = FL_OP_INVALIDATE,
+			.context = ctx->id,
+			.args = { changed->start, changed->end - changed->start },
+		};
+		atomic64_inc(&fl->fst.invalidations);
+	}
+	cmds[nc++] = (struct fl_cmd) { .opcode = FL_OP_REPLAY, .context = ctx->id };
+	atomic64_inc(&fl->fst.replays);
+	fl_exec(fl, cmds, nc, FLS_NOINTR | FLS_ASYNC);
 }
 
 static bool fl_ctx_dying(struct fl_ctx *ctx)
@@ -875,6 +915,7 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 {
 	struct fl_dev *fl = ctx->fl;
 	struct fl_span pchanged = {};
+	unsigned int written = 0;
 	struct fl_pass ps = {};
 	u32 i, m, dups = 0;
 	bool mm_ok;
@@ -894,6 +935,12 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 		}
 	}
 	mutex_unlock(&ctx->lock);
+	/*
+	 * Pages already mapped still need a REPLAY: a lane may have walked
+	 * before their PTE was written and registered its stall after the
+	 * REPLAY that followed the write (spec section 5, rule 1), so that
+	 * REPLAY did not release it.
+	 */
 	atomic64_add(dups, &fl->fst.duplicates);
 	replay |= dups > 0;
 	for (i = 0; i < m; i++)
@@ -924,19 +971,11 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 	for (i = 0; i < ps.nprefetch && !fl_ctx_pending(ctx, 0, 0); i++) {
 		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
 			goto out;
-		fl_prefetch_window(ctx, ps.prefetch[i].va, ps.prefetch[i].write,
-				   &pchanged);
+		written += fl_prefetch_window(ctx, ps.prefetch[i].va,
+					      ps.prefetch[i].write, &pchanged);
 	}
-	if (pchanged.start < pchanged.end) {
-		struct fl_cmd cmd = {
-			.opcode = FL_OP_INVALIDATE,
-			.context = ctx->id,
-			.args = { pchanged.start, pchanged.end - pchanged.start },
-		};
-
-		atomic64_inc(&fl->fst.invalidations);
-		fl_exec(fl, &cmd, 1, FLS_NOINTR);
-	}
+	if (written)
+		fl_prefetch_send(ctx, &pchanged);
 	fl_backoff_schedule(ctx);
 out:
 	if (mm_ok)
@@ -1036,7 +1075,7 @@ static bool fl_fault_batch(struct fl_dev *fl)
 		};
 
 		atomic64_inc(&fl->fst.replays);
-		err = fl_exec(fl, &cmd, 1, FLS_NOINTR);
+		err = fl_exec(fl, &cmd, 1, FLS_NOINTR | FLS_ASYNC);
 		if (err)
 			dev_dbg_ratelimited(fl_device(fl), "%s: replay after overflow: %d\n",
 					    fl->name, err);

@@ -158,6 +158,7 @@ extern unsigned int fl_prefetch_pct;
 #define FLS_ORDER		BIT(1)	/* number FENCEs aimed at FL_SLOT_ORDER */
 #define FLS_HOLD		BIT(2)	/* no doorbell: the next submission's rings it */
 #define FLS_NOINTR		BIT(3)	/* waits (space, completion) ignore signals */
+#define FLS_ASYNC		BIT(4)	/* fl_exec(): queue and return, nobody waits */
 
 /* fl_dev.flags bits (atomic bitops, set from any context) */
 enum {

@@ -220,8 +220,13 @@ int fl_submit(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
 	req->end = idx;
 	req->wait_irq = flags & FLS_IRQ;
 	req->intr = !(flags & FLS_NOINTR);
-	req->status = -EINPROGRESS;
-	list_add_tail(&req->node, &fl->inflight);
+	if (flags & FLS_ASYNC) {
+		req->status = 0;	/* nobody waits: not on the list */
+		INIT_LIST_HEAD(&req->node);
+	} else {
+		req->status = -EINPROGRESS;
+		list_add_tail(&req->node, &fl->inflight);
+	}
 	fl->commands += sp.need;
 
 	/*
@@ -494,7 +499,9 @@ err:
 
 /*
  * Queue @n commands (split into chunks when needed) and wait until all have
- * executed, polling the completion fence. FLS_NOINTR for waits that must
+ * executed, polling the completion fence (FLS_ASYNC: queue them and return
+ * at once; they execute in order after everything queued before, and
+ * nobody learns when). FLS_NOINTR for waits that must
  * not end on a signal.
  */
 int fl_exec(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
@@ -508,7 +515,7 @@ int fl_exec(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
 		u32 k = min(n, cap);
 
 		err = fl_submit(fl, cmds, k, flags, &req);
-		if (!err)
+		if (!err && !(flags & FLS_ASYNC))
 			err = fl_wait_request(fl, &req);
 		if (err)
 			return err;
