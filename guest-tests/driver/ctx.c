@@ -229,6 +229,21 @@ static void fl_ctx_id_retire(struct fl_ctx *ctx)
 	up_read(&fl->io_rwsem);
 }
 
+/* The context's memory, its mm and device references; the tables are gone. */
+static void fl_ctx_free_mem(struct fl_ctx *ctx)
+{
+	struct fl_dev *fl = ctx->fl;
+
+	mmdrop(ctx->mm);
+	kvfree(ctx->fq);
+	kvfree(ctx->fwork);
+	kfree(ctx->deferred);
+	kvfree(ctx->hmm_pfns);
+	kvfree(ctx->fcmds);
+	kfree(ctx);
+	kref_put(&fl->ref, fl_release_dev);
+}
+
 static void fl_ctx_free(struct kref *ref)
 {
 	struct fl_ctx *ctx = container_of(ref, struct fl_ctx, ref);
@@ -244,14 +259,7 @@ static void fl_ctx_free(struct kref *ref)
 	}
 	for (i = 0; i < ctx->nspare; i++)
 		fl_pt_free(fl, ctx->spare[i], 1);
-	mmdrop(ctx->mm);
-	kvfree(ctx->fq);
-	kvfree(ctx->fwork);
-	kfree(ctx->deferred);
-	kvfree(ctx->hmm_pfns);
-	kvfree(ctx->fcmds);
-	kfree(ctx);
-	kref_put(&fl->ref, fl_release_dev);
+	fl_ctx_free_mem(ctx);
 }
 
 void fl_ctx_put(struct fl_ctx *ctx)
@@ -370,14 +378,7 @@ err_pt:
 err_ida:
 	ida_free(&fl->ctx_ida, ctx->id);
 err_free:
-	mmdrop(mm);
-	kvfree(ctx->fq);
-	kvfree(ctx->fwork);
-	kfree(ctx->deferred);
-	kvfree(ctx->hmm_pfns);
-	kvfree(ctx->fcmds);
-	kfree(ctx);
-	kref_put(&fl->ref, fl_release_dev);
+	fl_ctx_free_mem(ctx);
 	return ERR_PTR(ret);
 }
 
@@ -489,7 +490,7 @@ static bool fl_in(u64 va, u64 start, u64 len)
 
 /* Why a job was cancelled: -EPERM if a cancel after @seq0 in its ranges says so. */
 int fl_ctx_cancel_errno(struct fl_ctx *ctx, u64 seq0, u64 src,
-			       u64 slen, u64 dst, u64 dlen)
+			u64 slen, u64 dst, u64 dlen)
 {
 	int err = -EFAULT;
 	unsigned int i;

@@ -34,9 +34,10 @@
  *     valid, the CANCELs (re-checked under mmap_lock and sent under it, see
  *     "Cancels"), and one REPLAY of the context; wait only when there were
  *     CANCELs;
- *  5. prefetch, after the replay, the windows that qualified (see
- *     "Prefetch"), so that the stalled accesses resume first; then
- *     INVALIDATE what it upgraded and REPLAY;
+ *  5. after the replay, so that the stalled accesses resume first, map
+ *     what the CPU already has in each serviced window, and populate the
+ *     windows that qualify for prefetch (see "Prefetch"); then INVALIDATE
+ *     what changed and REPLAY;
  *  6. drop the mm with mmput_async(): the worker never runs exit_mmap().
  *
  * Forward progress. A window whose hmm_range_fault() result collides with
@@ -57,9 +58,10 @@
  * one kind, reads apart from writes: a device read never write-faults a
  * page (no COW break after fork, no dirtied file page, no real page where
  * the zero page serves), and no page the device did not touch is faulted
- * on the faults' account. Then one snapshot of the window without faulting
- * (default_flags 0) gives what to map, so pages the CPU already has are
- * mapped too; 2 MiB leaves where the CPU maps the whole block with a PMD.
+ * on the faults' account. The runs' own results are mapped at once (a
+ * 2 MiB leaf where the CPU maps the whole block with a PMD) and the REPLAY
+ * leaves; only after it does a snapshot of the window without faulting
+ * (default_flags 0) map what else the CPU has there.
  *
  * Prefetch. Only after the replay, and only for windows whose block is
  * already at least prefetch_pct percent faulted or mapped (0: every
@@ -88,7 +90,7 @@
 
 #include "faultline.h"
 
-#define FL_TRANSIENT_TRIES	8
+#define FL_TRANSIENT_TRIES	10
 #define FL_BACKOFF_MAX_MS	128
 #define FL_PASS_PREFETCH	16	/* windows one pass may prefetch */
 #define FL_PREFETCH_CHUNK	32	/* pages populated between checks for faults */
@@ -99,7 +101,8 @@ struct fl_pass {
 	unsigned int nprefetch;
 	struct {
 		u64 va;			/* a faulting page of the window */
-		bool write;		/* populate for writing */
+		bool populate;		/* populate absent pages too */
+		bool write;		/* ... for writing */
 	} prefetch[FL_PASS_PREFETCH];
 };
 
@@ -233,7 +236,6 @@ static unsigned int fl_window_map(struct fl_dev *fl, struct fl_ctx *ctx,
 	}
 	return written;
 }
-
 
 static void fl_fault_cancel(struct fl_fault_rec *f, u8 mask, int err, u8 why)
 {
@@ -473,9 +475,9 @@ again:
 		any_write |= fl_rec_kind(&f[k]) == FL_ACCESS_WRITE;
 	}
 
+	/* The runs fill in their own pages only: those are mapped now. */
+	memset(pfns, 0, ((we - ws) >> PAGE_SHIFT) * sizeof(*pfns));
 	ret = fl_fault_runs(b, seq, vma, pfns, ws, f, k);
-	if (!ret)
-		ret = fl_hmm_snapshot(b, seq, pfns, ws, we);
 	if (ret == -EBUSY)
 		goto collided;
 
@@ -495,11 +497,16 @@ again:
 		f[i].done = 1;
 		need++;
 	}
-	/* Prefetch by need: enough of the block is in use (see the top). */
-	if (READ_ONCE(fl_fault_prefetch) && need && ps->nprefetch < FL_PASS_PREFETCH &&
-	    mapped * 100 >= READ_ONCE(fl_prefetch_pct) * ((we - ws) >> PAGE_SHIFT) &&
+	/*
+	 * After the replay: map what the CPU has in the rest of the window,
+	 * and populate it too when enough of the block is in use (prefetch by
+	 * need, see the top).
+	 */
+	if (need && ps->nprefetch < FL_PASS_PREFETCH &&
 	    mapped < (we - ws) >> PAGE_SHIFT) {
 		ps->prefetch[ps->nprefetch].va = f[0].va;
+		ps->prefetch[ps->nprefetch].populate = READ_ONCE(fl_fault_prefetch) &&
+			mapped * 100 >= READ_ONCE(fl_prefetch_pct) * ((we - ws) >> PAGE_SHIFT);
 		ps->prefetch[ps->nprefetch].write = any_write &&
 			vma_is_anonymous(vma) && !(vma->vm_flags & VM_SHARED);
 		ps->nprefetch++;
@@ -545,11 +552,13 @@ static bool fl_ctx_pending(struct fl_ctx *ctx, u64 ws, u64 we)
 }
 
 /*
- * Populate the window of @va after the replay (see "Prefetch"): best
+ * After the replay, map what the CPU has in the window of @va and, with
+ * @populate, populate its absent pages first (see "Prefetch"): best
  * effort, a few collisions end it, failures are ignored, new faults of the
- * context end it early (what it populated so far is still mapped).
+ * context end the population early (what it populated so far is mapped).
  */
-static unsigned int fl_prefetch_window(struct fl_ctx *ctx, u64 va, bool write,
+static unsigned int fl_prefetch_window(struct fl_ctx *ctx, u64 va,
+				       bool populate, bool write,
 				       struct fl_span *changed)
 {
 	struct fl_dev *fl = ctx->fl;
@@ -586,7 +595,7 @@ again:
 	 * most FL_PREFETCH_CHUNK pages at a time: faults queued meanwhile end
 	 * the prefetch, so that it never holds up a stalled access for long.
 	 */
-	for (p = ws; p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
+	for (p = ws; populate && p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
 		unsigned long flags = HMM_PFN_REQ_FAULT |
 				      (write ? HMM_PFN_REQ_WRITE : 0);
 
@@ -616,7 +625,8 @@ again:
 				pfns, changed);
 	mutex_unlock(&ctx->lock);
 	mmap_read_unlock(mm);
-	atomic64_inc(&fl->fst.prefetch_blocks);
+	if (populate)
+		atomic64_inc(&fl->fst.prefetch_blocks);
 	return written;
 
 collided:
@@ -777,6 +787,21 @@ void fl_ctx_backoff_work(struct work_struct *work)
 	fl_ctx_put(ctx);
 }
 
+/* An INVALIDATE of @changed into @cmd if it is not empty; returns 0 or 1. */
+static u32 fl_cmd_invalidate(struct fl_ctx *ctx, const struct fl_span *changed,
+			     struct fl_cmd *cmd)
+{
+	if (changed->start >= changed->end)
+		return 0;
+	*cmd = (struct fl_cmd) {
+		.opcode = FL_OP_INVALIDATE,
+		.context = ctx->id,
+		.args = { changed->start, changed->end - changed->start },
+	};
+	atomic64_inc(&ctx->fl->fst.invalidations);
+	return 1;
+}
+
 /*
  * A cancel decided for "no usable VMA" or "no VM_WRITE" that no longer
  * holds (the page was mapped again). mmap_lock held.
@@ -808,14 +833,7 @@ static void fl_ctx_send(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 m,
 	u32 nc = 0, i;
 	int err;
 
-	if (changed->start < changed->end) {
-		cmds[nc++] = (struct fl_cmd) {
-			.opcode = FL_OP_INVALIDATE,
-			.context = ctx->id,
-			.args = { changed->start, changed->end - changed->start },
-		};
-		atomic64_inc(&fl->fst.invalidations);
-	}
+	nc += fl_cmd_invalidate(ctx, changed, cmds + nc);
 	for (i = 0; i < m; i++) {
 		if (!f[i].cancel)
 			continue;
@@ -869,14 +887,7 @@ static void fl_prefetch_send(struct fl_ctx *ctx, const struct fl_span *changed)
 	struct fl_cmd cmds[2];
 	u32 nc = 0;
 
-	if (changed->start < changed->end) {
-		cmds[nc++] = (struct fl_cmd) {
-			.opcode = FL_OP_INVALIDATE,
-			.context = ctx->id,
-			.args = { changed->start, changed->end - changed->start },
-		};
-		atomic64_inc(&fl->fst.invalidations);
-	}
+	nc += fl_cmd_invalidate(ctx, changed, cmds + nc);
 	cmds[nc++] = (struct fl_cmd) { .opcode = FL_OP_REPLAY, .context = ctx->id };
 	atomic64_inc(&fl->fst.replays);
 	fl_exec(fl, cmds, nc, FLS_NOINTR | FLS_ASYNC);
@@ -972,6 +983,7 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
 			goto out;
 		written += fl_prefetch_window(ctx, ps.prefetch[i].va,
+					      ps.prefetch[i].populate,
 					      ps.prefetch[i].write, &pchanged);
 	}
 	if (written)

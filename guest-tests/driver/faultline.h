@@ -296,7 +296,7 @@ struct fl_dev {
 	} *retired;			/* num_contexts */
 	/* Job completion records; orphan_lock (leaf) guards orphans. */
 	struct dma_pool *compl_pool;
-	spinlock_t orphan_lock;
+	spinlock_t orphan_lock;		/* leaf: orphans */
 	struct list_head orphans;
 	bool hw_stopped;		/* remove() has reset the device for good */
 
@@ -549,9 +549,12 @@ void fl_release_dev(struct kref *ref);
 
 /* queue.c: command queue, waits, reset, interrupts */
 const char *fl_err_name(u32 code);
-int fl_wait_cond(struct fl_dev *fl, bool (*cond)(struct fl_dev *fl, const void *arg), const void *arg, u64 poll_ns, bool intr);
+int fl_wait_cond(struct fl_dev *fl,
+		 bool (*cond)(struct fl_dev *fl, const void *arg),
+		 const void *arg, u64 poll_ns, bool intr);
 int fl_wait_request(struct fl_dev *fl, struct fl_request *req);
-int fl_submit(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n, unsigned int flags, struct fl_request *req);
+int fl_submit(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
+	      unsigned int flags, struct fl_request *req);
 void fl_write_addr(struct fl_dev *fl, u32 reg_lo, dma_addr_t addr);
 u32 fl_hw_reset(struct fl_dev *fl);
 void fl_set_state(struct fl_dev *fl, int state);
@@ -571,7 +574,8 @@ int fl_pt_prealloc(struct fl_ctx *ctx);
 void fl_span_add(struct fl_span *sp, u64 start, u64 end);
 int fl_pt_set(struct fl_ctx *ctx, u64 va, u64 leaf, bool huge, struct fl_span *changed);
 u64 fl_pt_lookup(struct fl_ctx *ctx, u64 va, bool *huge);
-void fl_pt_clear(struct fl_pt *pt, unsigned int level, u64 base, u64 start, u64 end, struct fl_span *cleared);
+void fl_pt_clear(struct fl_pt *pt, unsigned int level, u64 base, u64 start,
+		 u64 end, struct fl_span *cleared);
 bool fl_pt_any(struct fl_pt *pt, unsigned int level, u64 base, u64 start, u64 end);
 unsigned int fl_pt_block_mapped(struct fl_ctx *ctx, u64 va);
 

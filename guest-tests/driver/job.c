@@ -255,7 +255,7 @@ long fl_ioc_bind(struct fl_file *ff, void __user *uarg)
 }
 
 #define FL_SNAP_CHUNK		512
-#define FL_SNAP_MAX		(1ULL << 20)
+#define FL_SNAP_MAX		BIT_ULL(20)
 
 long fl_ioc_snapshot(struct fl_file *ff, void __user *uarg)
 {

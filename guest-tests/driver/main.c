@@ -232,8 +232,9 @@ static int fl_alloc_dma(struct fl_dev *fl)
 	fl->fences = fl->aux + FL_AUX_FENCES;
 	fl->stats = fl->aux + FL_AUX_STATS;
 
-	fl->fr_alloc = max_t(u32, 1024, rounddown_pow_of_two(clamp_t(u32, fl_fr_entries,
-				FL_FR_MIN_ENTRIES, FL_FR_MAX_ENTRIES)));
+	fl->fr_alloc = clamp_t(u32, fl_fr_entries, FL_FR_MIN_ENTRIES,
+			       FL_FR_MAX_ENTRIES);
+	fl->fr_alloc = max_t(u32, 1024, rounddown_pow_of_two(fl->fr_alloc));
 	fl->fr = dma_alloc_coherent(dev, (size_t)fl->fr_alloc * FL_FAULT_SIZE,
 				    &fl->fr_dma, GFP_KERNEL);
 	fl->fbatch = kvcalloc(FL_BATCH_LIMIT, sizeof(*fl->fbatch), GFP_KERNEL);
@@ -339,10 +340,16 @@ static int fl_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = fl_alloc_dma(fl);
 	if (ret)
 		goto err_ida;
-	fl->fault_wq = alloc_workqueue("%s-fault", WQ_UNBOUND | WQ_HIGHPRI, 1,
+	fl->fault_wq = alloc_workqueue("%s-fault", WQ_HIGHPRI, 0,
 				       fl->name);
-	/* Per-context fault servicing: contexts run concurrently. */
-	fl->ctx_wq = alloc_workqueue("%s-ctx", WQ_UNBOUND | WQ_HIGHPRI, 0,
+	/*
+	 * Both per-CPU: the fetcher runs where the fault interrupt came in and
+	 * queues the context's pass there, so the fault path crosses no CPU
+	 * (under TCG a cross-CPU wake-up costs about a FENCE round trip).
+	 * Contexts still run concurrently; CPU_INTENSIVE keeps a pass that
+	 * zero-fills a prefetched block from holding up the others.
+	 */
+	fl->ctx_wq = alloc_workqueue("%s-ctx", WQ_HIGHPRI | WQ_CPU_INTENSIVE, 0,
 				     fl->name);
 	if (!fl->fault_wq || !fl->ctx_wq) {
 		ret = -ENOMEM;

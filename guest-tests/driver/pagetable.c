@@ -141,7 +141,7 @@ static bool fl_pt_zap_table(struct fl_pt *c)
  * check below catches a breach of that invariant (and counts nothing else).
  */
 int fl_pt_set(struct fl_ctx *ctx, u64 va, u64 leaf, bool huge,
-		     struct fl_span *changed)
+	      struct fl_span *changed)
 {
 	const u64 hstart = ALIGN_DOWN(va, FL_HUGE_SIZE);
 	struct fl_pt *pt = ctx->root, *c;
@@ -220,7 +220,7 @@ u64 fl_pt_lookup(struct fl_ctx *ctx, u64 va, bool *huge)
  * every TLB entry it may have made from it.
  */
 void fl_pt_clear(struct fl_pt *pt, unsigned int level, u64 base,
-			u64 start, u64 end, struct fl_span *cleared)
+		 u64 start, u64 end, struct fl_span *cleared)
 {
 	const unsigned int shift = PAGE_SHIFT + 9 * level;
 	const u64 size = BIT_ULL(shift);
@@ -246,7 +246,7 @@ void fl_pt_clear(struct fl_pt *pt, unsigned int level, u64 base,
 
 /* True if a leaf of @pt overlapping [start, end) is valid. */
 bool fl_pt_any(struct fl_pt *pt, unsigned int level, u64 base,
-		      u64 start, u64 end)
+	       u64 start, u64 end)
 {
 	const unsigned int shift = PAGE_SHIFT + 9 * level;
 	const u64 size = BIT_ULL(shift);

@@ -33,8 +33,8 @@ const char *fl_err_name(u32 code)
  * Returns 0, -EINTR or -ETIMEDOUT.
  */
 int fl_wait_cond(struct fl_dev *fl,
-			bool (*cond)(struct fl_dev *fl, const void *arg),
-			const void *arg, u64 poll_ns, bool intr)
+		 bool (*cond)(struct fl_dev *fl, const void *arg),
+		 const void *arg, u64 poll_ns, bool intr)
 {
 	ktime_t deadline = ktime_add_ms(ktime_get(), READ_ONCE(fl_timeout_ms));
 
@@ -151,7 +151,7 @@ static bool fl_space_ready(struct fl_dev *fl, const void *arg)
  * FLS_ORDER is given. Sleeps while the ring is full.
  */
 int fl_submit(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
-		     unsigned int flags, struct fl_request *req)
+	      unsigned int flags, struct fl_request *req)
 {
 	const dma_addr_t order_dma = fl_fence_dma(fl, FL_SLOT_ORDER);
 	const u32 mask = fl->cq_entries - 1;
@@ -505,7 +505,7 @@ err:
  * not end on a signal.
  */
 int fl_exec(struct fl_dev *fl, const struct fl_cmd *cmds, u32 n,
-		   unsigned int flags)
+	    unsigned int flags)
 {
 	const u32 cap = fl->chunk_max - 1;
 	struct fl_request req;

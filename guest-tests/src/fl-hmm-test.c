@@ -36,15 +36,8 @@ static int dev_index = -1;
 static int iters = 20;
 static unsigned int storm_seed;	/* -s; default: from the clock */
 
-enum { PASS = 0, FAILED = 1, SKIP = 2 };
-
-#define FAIL(...) do { snprintf(why, wlen, __VA_ARGS__); rc = FAILED; goto out; } while (0)
+#define FAIL(...) do { snprintf(why, wlen, __VA_ARGS__); rc = FL_FAILED; goto out; } while (0)
 #define CHECK(cond, ...) do { if (!(cond)) FAIL(__VA_ARGS__); } while (0)
-
-struct test {
-	const char *name;
-	int (*fn)(char *why, size_t wlen);
-};
 
 static int open_dev(void)
 {
@@ -58,20 +51,6 @@ static void *map_anon(size_t len, int prot)
 	return p == MAP_FAILED ? NULL : p;
 }
 
-/* Anonymous memory aligned to @align (a power of two). */
-static void *map_aligned(size_t len, size_t align, int prot)
-{
-	char *p = mmap(NULL, len + align, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	uintptr_t a;
-
-	if (p == MAP_FAILED)
-		return NULL;
-	a = ((uintptr_t)p + align - 1) & ~(align - 1);
-	if (a > (uintptr_t)p)
-		munmap(p, a - (uintptr_t)p);
-	munmap((char *)a + len, (uintptr_t)p + align - a);
-	return (void *)a;
-}
 
 static uint64_t u(const void *p)
 {
@@ -128,7 +107,7 @@ static int t_bind(char *why, size_t wlen)
 {
 	struct fl_ioc_bind b = {};
 	struct fl_ioc_info info = {};
-	int fd = open_dev(), fd2 = -1, err, rc = PASS;
+	int fd = open_dev(), fd2 = -1, err, rc = FL_PASS;
 
 	CHECK(fd >= 0, "open: %s", strerror(-fd));
 	err = fl_ioctl(fd, FL_IOC_INFO, &info);
@@ -165,7 +144,7 @@ static int t_anon_read(char *why, size_t wlen)
 	struct fl_ioc_snapshot s;
 	unsigned char *snap = malloc(len / PAGE);
 	unsigned char *p = map_anon(len, PROT_READ | PROT_WRITE);
-	int fd = open_dev(), err, rc = PASS;
+	int fd = open_dev(), err, rc = FL_PASS;
 	size_t i;
 
 	CHECK(p && snap && fd >= 0, "setup");
@@ -209,7 +188,7 @@ static int t_anon_read_prot(char *why, size_t wlen)
 	const size_t len = 256 * 1024;
 	unsigned char *p = map_anon(len, PROT_READ | PROT_WRITE);
 	struct fl_ioc_job j;
-	int fd = open_dev(), err, rc = PASS;
+	int fd = open_dev(), err, rc = FL_PASS;
 
 	CHECK(p && fd >= 0, "setup");
 	memset(p, 0x5a, len);
@@ -239,7 +218,7 @@ static int t_anon_write(char *why, size_t wlen)
 	const size_t len = 2 * MIB;
 	unsigned char *p = map_anon(len, PROT_READ | PROT_WRITE);
 	struct fl_ioc_job j;
-	int fd = open_dev(), err, rc = PASS;
+	int fd = open_dev(), err, rc = FL_PASS;
 	size_t i;
 
 	CHECK(p && fd >= 0, "setup");
@@ -270,7 +249,7 @@ static int t_anon_write_prot(char *why, size_t wlen)
 	struct fl_ioc_job j;
 	struct fl_ioc_snapshot s;
 	unsigned char *snap = malloc(len / PAGE);
-	int fd = open_dev(), err, rc = PASS;
+	int fd = open_dev(), err, rc = FL_PASS;
 	size_t i;
 
 	CHECK(p && snap && fd >= 0, "setup");
@@ -306,7 +285,7 @@ static int t_copy(char *why, size_t wlen)
 	unsigned char *a = map_anon(len, PROT_READ | PROT_WRITE);
 	unsigned char *b = map_anon(len, PROT_READ | PROT_WRITE);
 	struct fl_ioc_job j;
-	int fd = open_dev(), err, rc = PASS;
+	int fd = open_dev(), err, rc = FL_PASS;
 	size_t i;
 
 	CHECK(a && b && fd >= 0, "setup");
@@ -355,7 +334,7 @@ static int t_atomic_add(char *why, size_t wlen)
 	struct cpu_adder c = { .w = w, .n = n, .rounds = 3 };
 	struct fl_ioc_job j;
 	pthread_t t;
-	int fd = open_dev(), err = 0, rc = PASS, k;
+	int fd = open_dev(), err = 0, rc = FL_PASS, k;
 	size_t i;
 
 	CHECK(w && fd >= 0, "setup");
@@ -384,7 +363,7 @@ static int t_file_read(char *why, size_t wlen)
 	const size_t len = 512 * 1024;
 	unsigned char *buf = malloc(len), *p = NULL;
 	struct fl_ioc_job j;
-	int fd = open_dev(), mfd = memfd_create("fl-file", 0), err, rc = PASS;
+	int fd = open_dev(), mfd = memfd_create("fl-file", 0), err, rc = FL_PASS;
 	size_t i;
 
 	CHECK(buf && fd >= 0 && mfd >= 0, "setup");
@@ -416,7 +395,7 @@ static int t_file_write(char *why, size_t wlen)
 	const size_t len = 512 * 1024;
 	unsigned char *buf = malloc(len), *p = NULL;
 	struct fl_ioc_job j;
-	int fd = open_dev(), mfd = memfd_create("fl-file", 0), err, rc = PASS;
+	int fd = open_dev(), mfd = memfd_create("fl-file", 0), err, rc = FL_PASS;
 	size_t i;
 
 	CHECK(buf && fd >= 0 && mfd >= 0, "setup");
@@ -451,12 +430,12 @@ static bool thp_enabled(void)
 static int t_anon_write_huge(char *why, size_t wlen)
 {
 	const size_t len = 2 * HUGE;
-	unsigned char *p = map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
+	unsigned char *p = fl_map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
 	unsigned char *snap = malloc(len / PAGE);
 	struct fl_ioc_fault_stats s0, s1;
 	struct fl_ioc_snapshot s;
 	struct fl_ioc_job j;
-	int fd = open_dev(), err, rc = PASS;
+	int fd = open_dev(), err, rc = FL_PASS;
 	size_t i;
 
 	CHECK(p && snap && fd >= 0, "setup");
@@ -491,7 +470,7 @@ static int t_fork_cow(char *why, size_t wlen)
 	const size_t len = 1 * MIB;
 	unsigned char *p = map_anon(len, PROT_READ | PROT_WRITE);
 	struct fl_ioc_job j;
-	int fd = open_dev(), err, rc = PASS, st;
+	int fd = open_dev(), err, rc = FL_PASS, st;
 	pid_t pid;
 	size_t i;
 
@@ -550,7 +529,7 @@ static int t_invalidate_munmap(char *why, size_t wlen)
 	struct fl_ioc_fault_stats s0, s1;
 	struct fl_ioc_snapshot s;
 	struct fl_ioc_job j;
-	int fd = open_dev(), err, rc = PASS;
+	int fd = open_dev(), err, rc = FL_PASS;
 
 	CHECK(p && snap && fd >= 0, "setup");
 	err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(p), len, 1, 0, FL_JOBPAT_SEQ);
@@ -576,7 +555,6 @@ out:
 	return rc;
 }
 
-static int set_param(const char *name, const char *val);
 
 static int count_resident(void *p, size_t len)
 {
@@ -612,18 +590,18 @@ static int wait_resident(void *p, size_t len, int want, unsigned int ms)
 static int t_window_policy(char *why, size_t wlen)
 {
 	const size_t len = HUGE;
-	unsigned char *p = map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
-	unsigned char *q = map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
+	unsigned char *p = fl_map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
+	unsigned char *q = fl_map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
 	char old_pct[16] = "10";
 	struct fl_ioc_job j;
-	int fd = open_dev(), err, rc = PASS, n;
+	int fd = open_dev(), err, rc = FL_PASS, n;
 	size_t off;
 
 	CHECK(p && q && fd >= 0, "setup");
-	fl_read_file("/sys/module/faultline/parameters/prefetch_pct", old_pct, sizeof(old_pct));
+	fl_param_get("prefetch_pct", old_pct, sizeof(old_pct));
 	madvise(p, len, MADV_NOHUGEPAGE);
 	madvise(q, len, MADV_NOHUGEPAGE);
-	CHECK(!set_param("prefetch", "N"), "cannot set prefetch");
+	CHECK(!fl_param_set("prefetch", "N"), "cannot set prefetch");
 	for (off = PAGE; off < len; off += 16 * PAGE) {
 		err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(p + off), 100, 7, 1, FL_JOBPAT_SEQ);
 		CHECK(!err, "fill at %zu: %d", off, err);
@@ -631,7 +609,7 @@ static int t_window_policy(char *why, size_t wlen)
 	n = count_resident(p, len);
 	CHECK(n == (int)(len / PAGE / 16), "prefetch=N: %d pages resident, want %lu", n,
 	      len / PAGE / 16);
-	CHECK(!set_param("prefetch", "Y") && !set_param("prefetch_pct", "50"),
+	CHECK(!fl_param_set("prefetch", "Y") && !fl_param_set("prefetch_pct", "50"),
 	      "cannot set prefetch");
 	err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(p + PAGE), 100, 7, 1, FL_JOBPAT_SEQ);
 	CHECK(!err, "fill: %d", err);
@@ -640,7 +618,7 @@ static int t_window_policy(char *why, size_t wlen)
 	CHECK(!err, "fill: %d", err);
 	n = wait_resident(p, len, 2, 200);
 	CHECK(n == 1, "prefetch_pct=50: %d pages resident after one fault, want 1", n);
-	CHECK(!set_param("prefetch_pct", "0"), "cannot set prefetch_pct");
+	CHECK(!fl_param_set("prefetch_pct", "0"), "cannot set prefetch_pct");
 	err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(q + PAGE), 100, 7, 1, FL_JOBPAT_SEQ);
 	CHECK(!err, "fill: %d", err);
 	n = wait_resident(q, len, (int)(len / PAGE), 5000);
@@ -648,8 +626,8 @@ static int t_window_policy(char *why, size_t wlen)
 	      len / PAGE);
 	printf("# window_policy: one-page faults populate 1 page (prefetch=N), %d pages (prefetch=Y)\n", n);
 out:
-	set_param("prefetch", "Y");
-	set_param("prefetch_pct", old_pct);
+	fl_param_set("prefetch", "Y");
+	fl_param_set("prefetch_pct", old_pct);
 	if (p)
 		munmap(p, len);
 	if (q)
@@ -710,7 +688,7 @@ static int t_race_munmap(char *why, size_t wlen)
 {
 	const size_t len = 2 * MIB;
 	unsigned char *snap = malloc(len / PAGE);
-	int fd = open_dev(), err, rc = PASS, it, ok = 0, failed = 0;
+	int fd = open_dev(), err, rc = FL_PASS, it, ok = 0, failed = 0;
 	struct fl_ioc_snapshot s;
 	struct fl_ioc_job j;
 	struct racer r;
@@ -774,7 +752,7 @@ static int t_race_mprotect(char *why, size_t wlen)
 {
 	const size_t len = 2 * MIB;
 	unsigned char *snap = malloc(len / PAGE);
-	int fd = open_dev(), err, rc = PASS, it, ok = 0, perm = 0;
+	int fd = open_dev(), err, rc = FL_PASS, it, ok = 0, perm = 0;
 	struct fl_ioc_snapshot s;
 	struct fl_ioc_job j;
 	struct racer r;
@@ -828,7 +806,7 @@ out:
 static int t_race_dontneed(char *why, size_t wlen)
 {
 	const size_t len = 1 * MIB;
-	int fd = open_dev(), err, rc = PASS, it;
+	int fd = open_dev(), err, rc = FL_PASS, it;
 	struct fl_ioc_job j;
 	struct racer r;
 	pthread_t t;
@@ -890,7 +868,7 @@ static void do_fork_snapshot(struct racer *r)
 static int t_race_fork_cow(char *why, size_t wlen)
 {
 	const size_t len = 1 * MIB;
-	int fd = open_dev(), err, rc = PASS, it, st;
+	int fd = open_dev(), err, rc = FL_PASS, it, st;
 	struct fl_ioc_job j;
 	struct racer r;
 	pthread_t t;
@@ -1102,7 +1080,7 @@ static int run_storm(char *why, size_t wlen, const char *label, int jobs)
 	struct storm_thread th[STORM_THREADS];
 	pthread_t t[STORM_THREADS], pt;
 	struct fl_ioc_fault_stats s0, s1;
-	int mfd = memfd_create("fl-storm", 0), k, rc = PASS;
+	int mfd = memfd_create("fl-storm", 0), k, rc = FL_PASS;
 	uint64_t t0;
 
 	s.vlen[0] = 4 * MIB;
@@ -1110,7 +1088,7 @@ static int run_storm(char *why, size_t wlen, const char *label, int jobs)
 	s.vlen[2] = 2 * MIB;
 	s.slen = 1 * MIB;
 	s.vma[0] = map_anon(s.vlen[0], PROT_READ | PROT_WRITE);
-	s.vma[1] = map_aligned(s.vlen[1], HUGE, PROT_READ | PROT_WRITE);
+	s.vma[1] = fl_map_aligned(s.vlen[1], HUGE, PROT_READ | PROT_WRITE);
 	CHECK(mfd >= 0 && !ftruncate(mfd, s.vlen[2]), "memfd");
 	s.vma[2] = mmap(NULL, s.vlen[2], PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
 	s.scratch = map_anon(s.slen, PROT_READ | PROT_WRITE);
@@ -1171,42 +1149,27 @@ static int t_batch_sweep(char *why, size_t wlen)
 {
 	static const char * const batches[] = { "1", "3", "16", "256", "1024" };
 	char label[32], old_batch[16] = "256", old_timeout[16] = "60000";
-	int rc = PASS;
+	int rc = FL_PASS;
 	size_t i;
 
-	fl_read_file("/sys/module/faultline/parameters/fault_batch", old_batch,
-		     sizeof(old_batch));
-	fl_read_file("/sys/module/faultline/parameters/job_timeout_ms", old_timeout,
-		     sizeof(old_timeout));
-	CHECK(!set_param("job_timeout_ms", "5000"), "cannot set job_timeout_ms");
+	fl_param_get("fault_batch", old_batch, sizeof(old_batch));
+	fl_param_get("job_timeout_ms", old_timeout, sizeof(old_timeout));
+	CHECK(!fl_param_set("job_timeout_ms", "5000"), "cannot set job_timeout_ms");
 	for (i = 0; i < sizeof(batches) / sizeof(batches[0]); i++) {
-		CHECK(!set_param("fault_batch", batches[i]), "cannot set fault_batch");
+		CHECK(!fl_param_set("fault_batch", batches[i]), "cannot set fault_batch");
 		snprintf(label, sizeof(label), "batch_sweep/%s", batches[i]);
 		rc = run_storm(why, wlen, label, iters / 2 + 5);
-		if (rc != PASS)
+		if (rc != FL_PASS)
 			break;
 	}
 out:
-	set_param("fault_batch", old_batch);
-	set_param("job_timeout_ms", old_timeout);
+	fl_param_set("fault_batch", old_batch);
+	fl_param_set("job_timeout_ms", old_timeout);
 	return rc;
 }
 
 /* ---------------------------------------------------------------------- */
 
-static int set_param(const char *name, const char *val)
-{
-	char path[128];
-	int fd, n;
-
-	snprintf(path, sizeof(path), "/sys/module/faultline/parameters/%s", name);
-	fd = open(path, O_WRONLY);
-	if (fd < 0)
-		return -errno;
-	n = write(fd, val, strlen(val));
-	close(fd);
-	return n < 0 ? -errno : 0;
-}
 
 static int reset_dev(int fd)
 {
@@ -1223,13 +1186,13 @@ static int t_ring_overflow(char *why, size_t wlen)
 	struct fl_ioc_fault_stats s0, s1;
 	struct fl_ioc_stats ds = {};
 	struct fl_ioc_job j;
-	int fd = open_dev(), err, rc = PASS;
+	int fd = open_dev(), err, rc = FL_PASS;
 	size_t i;
 
 	CHECK(p && fd >= 0, "setup");
 	madvise(p, len, MADV_NOHUGEPAGE);
-	CHECK(!set_param("fr_entries", "4"), "cannot set fr_entries");
-	CHECK(!set_param("prefetch", "N"), "cannot set prefetch");	/* a fault per page */
+	CHECK(!fl_param_set("fr_entries", "4"), "cannot set fr_entries");
+	CHECK(!fl_param_set("prefetch", "N"), "cannot set prefetch");	/* a fault per page */
 	err = reset_dev(fd);
 	CHECK(!err, "reset: %d", err);
 	fault_stats(fd, &s0);
@@ -1247,8 +1210,8 @@ static int t_ring_overflow(char *why, size_t wlen)
 	       (unsigned long long)ds.values[FL_STAT_FAULT_OVERFLOWS]);
 	CHECK(s1.overflows > s0.overflows, "the ring never overflowed");
 out:
-	set_param("prefetch", "Y");
-	set_param("fr_entries", "1024");
+	fl_param_set("prefetch", "Y");
+	fl_param_set("fr_entries", "1024");
 	if (fd >= 0) {
 		reset_dev(fd);
 		close(fd);
@@ -1285,7 +1248,7 @@ static int t_reset_during_faults(char *why, size_t wlen)
 	const size_t len = 8 * MIB;
 	struct bg_job b = { .len = len };
 	struct fl_ioc_job j;
-	int fd2 = open_dev(), err, rc = PASS;
+	int fd2 = open_dev(), err, rc = FL_PASS;
 	pthread_t t;
 	size_t i;
 
@@ -1293,12 +1256,12 @@ static int t_reset_during_faults(char *why, size_t wlen)
 	b.p = map_anon(len, PROT_READ | PROT_WRITE);
 	CHECK(b.fd >= 0 && fd2 >= 0 && b.p, "setup");
 	madvise(b.p, len, MADV_NOHUGEPAGE);
-	CHECK(!set_param("prefetch", "N"), "set prefetch");
+	CHECK(!fl_param_set("prefetch", "N"), "set prefetch");
 	pthread_create(&t, NULL, bg_fill, &b);
 	usleep(30000);
 	err = reset_dev(fd2);
 	pthread_join(t, NULL);
-	set_param("prefetch", "Y");
+	fl_param_set("prefetch", "Y");
 	CHECK(!err, "reset: %d", err);
 	printf("# reset_during_faults: job ended with %d, status %llu, %llu faults\n", b.err,
 	       (unsigned long long)b.j.status, (unsigned long long)b.j.faults);
@@ -1309,7 +1272,7 @@ static int t_reset_during_faults(char *why, size_t wlen)
 	for (i = 0; i < len; i++)
 		CHECK(((unsigned char *)b.p)[i] == 0x4f, "byte %zu", i);
 out:
-	set_param("prefetch", "Y");
+	fl_param_set("prefetch", "Y");
 	if (b.p)
 		munmap(b.p, len);
 	if (b.fd >= 0)
@@ -1328,12 +1291,12 @@ static int t_teardown(char *why, size_t wlen)
 {
 	struct fl_ioc_fault_stats s;
 	struct fl_ioc_job j;
-	int fd = open_dev(), k, st, rc = PASS, err;
+	int fd = open_dev(), k, st, rc = FL_PASS, err;
 	unsigned char *p = map_anon(MIB, PROT_READ | PROT_WRITE);
 	pid_t pids[6];
 
 	CHECK(fd >= 0 && p, "setup");
-	CHECK(!set_param("prefetch", "N"), "set prefetch");
+	CHECK(!fl_param_set("prefetch", "N"), "set prefetch");
 	for (k = 0; k < 6; k++) {
 		pids[k] = fork();
 		CHECK(pids[k] >= 0, "fork");
@@ -1355,14 +1318,14 @@ static int t_teardown(char *why, size_t wlen)
 		CHECK(waitpid(pids[k], &st, 0) == pids[k], "waitpid");
 		CHECK(WIFEXITED(st) && !WEXITSTATUS(st), "child %d status %#x", k, st);
 	}
-	set_param("prefetch", "Y");
+	fl_param_set("prefetch", "Y");
 	err = fl_job(fd, &j, FL_JOBOP_FILL, 0, u(p), MIB, 9, 0, FL_JOBPAT_SEQ);
 	CHECK(!err && p[MIB - 1] == 9, "job after the teardowns: %d", err);
 	fault_stats(fd, &s);
 	CHECK(s.contexts == 1, "%llu contexts still bound (want only this file's)",
 	      (unsigned long long)s.contexts);
 out:
-	set_param("prefetch", "Y");
+	fl_param_set("prefetch", "Y");
 	if (p)
 		munmap(p, MIB);
 	if (fd >= 0)
@@ -1373,7 +1336,7 @@ out:
 /* Several processes, each its own context, fault at once; all data checked. */
 static int t_multi_process(char *why, size_t wlen)
 {
-	int k, st, rc = PASS;
+	int k, st, rc = FL_PASS;
 	pid_t pids[4];
 
 	for (k = 0; k < 4; k++) {
@@ -1416,7 +1379,7 @@ static int t_counters(char *why, size_t wlen)
 {
 	struct fl_ioc_fault_stats s;
 	struct fl_ioc_bind b = {};
-	int fd = open_dev(), rc = PASS;
+	int fd = open_dev(), rc = FL_PASS;
 
 	CHECK(fd >= 0 && !fl_ioctl(fd, FL_IOC_BIND, &b), "open/bind");
 	fault_stats(fd, &s);
@@ -1449,36 +1412,36 @@ out:
 	return rc;
 }
 
-static const struct test tests[] = {
-	{ "bind", t_bind },
-	{ "anon_read", t_anon_read },
-	{ "anon_read_prot", t_anon_read_prot },
-	{ "anon_write", t_anon_write },
-	{ "anon_write_prot", t_anon_write_prot },
-	{ "copy", t_copy },
-	{ "atomic_add", t_atomic_add },
-	{ "file_read", t_file_read },
-	{ "file_write", t_file_write },
-	{ "anon_write_huge", t_anon_write_huge },
-	{ "fork_cow", t_fork_cow },
-	{ "invalidate_munmap", t_invalidate_munmap },
-	{ "window_policy", t_window_policy },
-	{ "race_munmap", t_race_munmap },
-	{ "race_mprotect", t_race_mprotect },
-	{ "race_dontneed", t_race_dontneed },
-	{ "race_fork_cow", t_race_fork_cow },
-	{ "fault_storm", t_fault_storm },
-	{ "batch_sweep", t_batch_sweep },
-	{ "multi_process", t_multi_process },
-	{ "teardown", t_teardown },
-	{ "reset_during_faults", t_reset_during_faults },
-	{ "ring_overflow", t_ring_overflow },
-	{ "counters", t_counters },
+static const struct fl_test tests[] = {
+	{ "bind", t_bind, 0 },
+	{ "anon_read", t_anon_read, 0 },
+	{ "anon_read_prot", t_anon_read_prot, 0 },
+	{ "anon_write", t_anon_write, 0 },
+	{ "anon_write_prot", t_anon_write_prot, 0 },
+	{ "copy", t_copy, 0 },
+	{ "atomic_add", t_atomic_add, 0 },
+	{ "file_read", t_file_read, 0 },
+	{ "file_write", t_file_write, 0 },
+	{ "anon_write_huge", t_anon_write_huge, 0 },
+	{ "fork_cow", t_fork_cow, 0 },
+	{ "invalidate_munmap", t_invalidate_munmap, 0 },
+	{ "window_policy", t_window_policy, 0 },
+	{ "race_munmap", t_race_munmap, 0 },
+	{ "race_mprotect", t_race_mprotect, 0 },
+	{ "race_dontneed", t_race_dontneed, 0 },
+	{ "race_fork_cow", t_race_fork_cow, 0 },
+	{ "fault_storm", t_fault_storm, 0 },
+	{ "batch_sweep", t_batch_sweep, 0 },
+	{ "multi_process", t_multi_process, 0 },
+	{ "teardown", t_teardown, 0 },
+	{ "reset_during_faults", t_reset_during_faults, 0 },
+	{ "ring_overflow", t_ring_overflow, 0 },
+	{ "counters", t_counters, 0 },
 };
 
 int main(int argc, char **argv)
 {
-	int devs[FL_MAX_DEVICES], ndev, opt, passed = 0, failed = 0;
+	int devs[FL_MAX_DEVICES], ndev, opt;
 	size_t i;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1512,27 +1475,6 @@ int main(int argc, char **argv)
 		dev_index = devs[0];
 	}
 	srand(fl_now_ns());
-	for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		char why[256] = "";
-		int k, r;
-		bool want = optind >= argc;
-
-		for (k = optind; k < argc; k++)
-			want |= !strcmp(argv[k], tests[i].name);
-		if (!want)
-			continue;
-		r = tests[i].fn(why, sizeof(why));
-		if (r == PASS) {
-			printf("ok - %s\n", tests[i].name);
-			passed++;
-		} else if (r == SKIP) {
-			printf("ok - %s # skip %s\n", tests[i].name, why);
-			passed++;
-		} else {
-			printf("not ok - %s: %s\n", tests[i].name, why);
-			failed++;
-		}
-	}
-	printf("# %d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return fl_run_tests(tests, sizeof(tests) / sizeof(tests[0]), argv + optind,
+			    argc - optind, 0) ? 1 : 0;
 }

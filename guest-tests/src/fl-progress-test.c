@@ -45,9 +45,7 @@
 static int dev_index = -1;
 static unsigned int storm_s = 6;
 
-enum { PASS = 0, FAILED = 1 };
-
-#define FAIL(...) do { snprintf(why, wlen, __VA_ARGS__); rc = FAILED; goto out; } while (0)
+#define FAIL(...) do { snprintf(why, wlen, __VA_ARGS__); rc = FL_FAILED; goto out; } while (0)
 #define CHECK(cond, ...) do { if (!(cond)) FAIL(__VA_ARGS__); } while (0)
 
 static uint64_t u(const void *p)
@@ -62,18 +60,11 @@ static int open_dev(void)
 
 static void *map_buf(size_t len, bool thp)
 {
-	char *p = mmap(NULL, len + HUGE, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	uintptr_t a;
+	void *p = fl_map_aligned(len, HUGE, PROT_READ | PROT_WRITE);
 
-	if (p == MAP_FAILED)
-		return NULL;
-	a = ((uintptr_t)p + HUGE - 1) & ~(HUGE - 1);
-	if (a > (uintptr_t)p)
-		munmap(p, a - (uintptr_t)p);
-	munmap((char *)a + len, (uintptr_t)p + HUGE - a);
-	madvise((void *)a, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-	return (void *)a;
+	if (p)
+		madvise(p, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	return p;
 }
 
 static uint64_t delta(const struct fl_ioc_fault_stats *a,
@@ -105,25 +96,6 @@ static void print_stats(const char *name, const struct fl_ioc_fault_stats *a,
 	       (unsigned long long)D(a, b, retry_timeouts));
 }
 
-static int param_path(const char *name, char *path, size_t len)
-{
-	return snprintf(path, len, "/sys/module/faultline/parameters/%s", name);
-}
-
-static int set_param(const char *name, const char *val)
-{
-	char path[128];
-	int fd, n;
-
-	param_path(name, path, sizeof(path));
-	fd = open(path, O_WRONLY);
-	if (fd < 0)
-		return -errno;
-	n = write(fd, val, strlen(val));
-	close(fd);
-	return n < 0 ? -errno : 0;
-}
-
 /* A module parameter set for one test and restored afterwards. */
 struct saved_param {
 	const char *name;
@@ -132,22 +104,18 @@ struct saved_param {
 
 static int param_push(struct saved_param *sp, const char *name, const char *val)
 {
-	char path[128];
-
 	sp->name = name;
-	param_path(name, path, sizeof(path));
-	if (fl_read_file(path, sp->old, sizeof(sp->old)))
+	if (fl_param_get(name, sp->old, sizeof(sp->old)))
 		return -1;
-	return set_param(name, val);
+	return fl_param_set(name, val);
 }
 
 /* As param_push(), for a parameter an older driver may not have. */
 static int param_push_opt(struct saved_param *sp, const char *name, const char *val)
 {
-	char path[128];
+	char old[32];
 
-	param_path(name, path, sizeof(path));
-	if (access(path, F_OK)) {
+	if (fl_param_get(name, old, sizeof(old))) {
 		sp->name = NULL;
 		return 0;
 	}
@@ -157,7 +125,7 @@ static int param_push_opt(struct saved_param *sp, const char *name, const char *
 static void param_pop(struct saved_param *sp)
 {
 	if (sp->name)
-		set_param(sp->name, sp->old);
+		fl_param_set(sp->name, sp->old);
 	sp->name = NULL;
 }
 
@@ -289,7 +257,7 @@ static int storm_jobs(char *why, size_t wlen, const char *name,
 	struct saved_param sp = {};
 	static struct lat lat;
 	struct storm_run r = {};
-	int fd = open_dev(), err, rc = PASS;
+	int fd = open_dev(), err, rc = FL_PASS;
 	uint64_t t_end, t0, sum;
 	bool storming = false;
 	struct fl_ioc_job j;
@@ -375,7 +343,7 @@ static int t_unrelated_storm(char *why, size_t wlen)
 	unsigned char *other = map_buf(64 * 1024, false), *buf = NULL;
 	struct fl_ioc_fault_stats s0, s1;
 	struct storm_run r = {};
-	int fd = open_dev(), err, rc = PASS, round;
+	int fd = open_dev(), err, rc = FL_PASS, round;
 	bool storming = false;
 	struct fl_ioc_job j;
 
@@ -425,7 +393,7 @@ out:
  */
 static int t_innocent_process(char *why, size_t wlen)
 {
-	int pfd[2] = { -1, -1 }, rc = PASS, status;
+	int pfd[2] = { -1, -1 }, rc = FL_PASS, status;
 	struct { uint64_t jobs, failed, p50, p99, max; int err; } res = {};
 	char sub[256] = "";
 	pid_t child;
@@ -474,7 +442,7 @@ static int t_innocent_process(char *why, size_t wlen)
 	if (read(pfd[0], &res, sizeof(res)) != sizeof(res))
 		res.err = -EPIPE;
 	waitpid(child, &status, 0);
-	CHECK(rc == PASS, "the storming process: %s", sub);
+	CHECK(rc == FL_PASS, "the storming process: %s", sub);
 	printf("# innocent_process: %llu one-page jobs during the storm, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
 	       (unsigned long long)res.jobs, res.p50 / 1e6, res.p99 / 1e6, res.max / 1e6);
 	CHECK(!res.failed && res.err != -EPIPE, "%llu of the innocent process's jobs failed (%d)",
@@ -501,7 +469,7 @@ out:
 static int t_short_file(char *why, size_t wlen)
 {
 	struct saved_param sp = {}, sp2 = {};
-	int mfd = memfd_create("fl-short", 0), fd = open_dev(), err, rc = PASS;
+	int mfd = memfd_create("fl-short", 0), fd = open_dev(), err, rc = FL_PASS;
 	unsigned char *p = MAP_FAILED, data[2 * PAGE];
 	struct fl_ioc_job j;
 
@@ -554,7 +522,7 @@ static void *uffd_fill_main(void *arg)
 
 /*
  * A device read of a page in a userfaultfd-registered range that user space
- * populates (UFFDIO_COPY) 30 ms later: the fault fails meanwhile (the
+ * populates (UFFDIO_COPY) 50 ms later: the fault fails meanwhile (the
  * device's fault cannot wait for the userfaultfd handler), which is
  * transient, so it is retried with backoff, not cancelled, and the job
  * reads the page user space provided.
@@ -570,7 +538,7 @@ static int t_userfaultfd_backoff(char *why, size_t wlen)
 	struct fl_ioc_fault_stats s0, s1;
 	struct uffd_filler f;
 	struct fl_ioc_job j;
-	int err, rc = PASS;
+	int err, rc = FL_PASS;
 	pthread_t t;
 
 	CHECK(fd >= 0 && p != MAP_FAILED, "setup");
@@ -581,7 +549,7 @@ static int t_userfaultfd_backoff(char *why, size_t wlen)
 	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
 	CHECK(!ioctl(uffd, UFFDIO_REGISTER, &reg), "UFFDIO_REGISTER: %s", strerror(errno));
 	memset(src, 0x6b, sizeof(src));
-	f = (struct uffd_filler) { .uffd = uffd, .dst = p, .src = src, .delay_us = 30000 };
+	f = (struct uffd_filler) { .uffd = uffd, .dst = p, .src = src, .delay_us = 50000 };
 	stats(fd, &s0);
 	pthread_create(&t, NULL, uffd_fill_main, &f);
 	err = fl_job(fd, &j, FL_JOBOP_CHECKSUM, u(p), 0, PAGE, 0, 1, FL_JOBPAT_SEQ);
@@ -637,7 +605,7 @@ static int t_fork_one_page(char *why, size_t wlen)
 	const size_t len = HUGE, target = 100;
 	struct saved_param sp = {}, sp2 = {};
 	unsigned char *p = map_buf(len, false);
-	int fd = open_dev(), err, rc = PASS, n, gate[2] = { -1, -1 };
+	int fd = open_dev(), err, rc = FL_PASS, n, gate[2] = { -1, -1 };
 	struct fl_ioc_job j;
 	size_t first = 0;
 	pid_t child = -1;
@@ -696,7 +664,7 @@ out:
 static int t_id_reuse(char *why, size_t wlen)
 {
 	struct saved_param sp = {}, sp2 = {};
-	int rc = PASS, status, pfd[2] = { -1, -1 }, round;
+	int rc = FL_PASS, status, pfd[2] = { -1, -1 }, round;
 	struct { uint64_t id, valid, resident; int err; } res;
 	pid_t a, b;
 
@@ -852,7 +820,7 @@ static int t_remove_during_fill(char *why, size_t wlen)
 {
 	const size_t len = 32 * MIB;
 	char bdf[64], path[160];
-	int rc = PASS, round, wfd;
+	int rc = FL_PASS, round, wfd;
 	size_t i;
 
 	CHECK(!fl_pci_address(dev_index, bdf, sizeof(bdf)), "PCI address of faultline%d",
@@ -895,28 +863,23 @@ out:
 
 /* ---------------------------------------------------------------------- */
 
-struct test {
-	const char *name;
-	int (*fn)(char *why, size_t wlen);
-	bool destructive;	/* only by name or with -r */
-};
-
-static const struct test tests[] = {
-	{ "storm_dontneed_own", t_storm_dontneed_own, false },
-	{ "storm_mprotect_own", t_storm_mprotect_own, false },
-	{ "storm_cow_own", t_storm_cow_own, false },
-	{ "unrelated_storm", t_unrelated_storm, false },
-	{ "innocent_process", t_innocent_process, false },
-	{ "short_file", t_short_file, false },
-	{ "userfaultfd_backoff", t_userfaultfd_backoff, false },
-	{ "fork_one_page", t_fork_one_page, false },
-	{ "id_reuse", t_id_reuse, false },
-	{ "remove_during_fill", t_remove_during_fill, true },
+/* remove_during_fill runs only by name or with -r. */
+static const struct fl_test tests[] = {
+	{ "storm_dontneed_own", t_storm_dontneed_own, 0 },
+	{ "storm_mprotect_own", t_storm_mprotect_own, 0 },
+	{ "storm_cow_own", t_storm_cow_own, 0 },
+	{ "unrelated_storm", t_unrelated_storm, 0 },
+	{ "innocent_process", t_innocent_process, 0 },
+	{ "short_file", t_short_file, 0 },
+	{ "userfaultfd_backoff", t_userfaultfd_backoff, 0 },
+	{ "fork_one_page", t_fork_one_page, 0 },
+	{ "id_reuse", t_id_reuse, 0 },
+	{ "remove_during_fill", t_remove_during_fill, 1 },
 };
 
 int main(int argc, char **argv)
 {
-	int devs[FL_MAX_DEVICES], ndev, opt, passed = 0, failed = 0, k;
+	int devs[FL_MAX_DEVICES], ndev, opt;
 	bool destructive = false;
 	size_t i;
 
@@ -950,22 +913,6 @@ int main(int argc, char **argv)
 		}
 		dev_index = devs[0];
 	}
-	for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		char why[256] = "";
-		bool want = optind >= argc && (!tests[i].destructive || destructive);
-
-		for (k = optind; k < argc; k++)
-			want |= !strcmp(argv[k], tests[i].name);
-		if (!want)
-			continue;
-		if (tests[i].fn(why, sizeof(why)) == PASS) {
-			printf("ok - %s\n", tests[i].name);
-			passed++;
-		} else {
-			printf("not ok - %s: %s\n", tests[i].name, why);
-			failed++;
-		}
-	}
-	printf("# %d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return fl_run_tests(tests, sizeof(tests) / sizeof(tests[0]), argv + optind,
+			    argc - optind, destructive) ? 1 : 0;
 }

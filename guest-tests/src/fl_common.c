@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -189,4 +190,76 @@ int fl_job(int fd, struct fl_ioc_job *job, unsigned int op, uint64_t src,
 	job->pattern = pattern;
 	job->engine = FL_JOB_ENGINE_ANY;
 	return fl_ioctl(fd, FL_IOC_JOB, job);
+}
+
+void *fl_map_aligned(size_t len, size_t align, int prot)
+{
+	char *p = mmap(NULL, len + align, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uintptr_t a;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	a = ((uintptr_t)p + align - 1) & ~(align - 1);
+	if (a > (uintptr_t)p)
+		munmap(p, a - (uintptr_t)p);
+	munmap((char *)a + len, (uintptr_t)p + align - a);
+	return (void *)a;
+}
+
+static void param_path(const char *name, char *path, size_t len)
+{
+	snprintf(path, len, "/sys/module/faultline/parameters/%s", name);
+}
+
+int fl_param_set(const char *name, const char *val)
+{
+	char path[128];
+	ssize_t n;
+	int fd;
+
+	param_path(name, path, sizeof(path));
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = write(fd, val, strlen(val));
+	close(fd);
+	return n < 0 ? -errno : 0;
+}
+
+int fl_param_get(const char *name, char *buf, size_t len)
+{
+	char path[128];
+
+	param_path(name, path, sizeof(path));
+	return fl_read_file(path, buf, len);
+}
+
+int fl_run_tests(const struct fl_test *tests, size_t n, char **names, int nnames,
+		 int all_too)
+{
+	int passed = 0, failed = 0, k;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		char why[256] = "";
+		int want = !nnames && (!tests[i].by_name_only || all_too), r;
+
+		for (k = 0; k < nnames; k++)
+			want |= !strcmp(names[k], tests[i].name);
+		if (!want)
+			continue;
+		r = tests[i].fn(why, sizeof(why));
+		if (r == FL_PASS) {
+			printf("ok - %s\n", tests[i].name);
+			passed++;
+		} else if (r == FL_SKIP) {
+			printf("ok - %s # skip %s\n", tests[i].name, why);
+			passed++;
+		} else {
+			printf("not ok - %s: %s\n", tests[i].name, why);
+			failed++;
+		}
+	}
+	printf("# %d passed, %d failed\n", passed, failed);
+	return failed;
 }

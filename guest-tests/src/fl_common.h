@@ -62,4 +62,28 @@ int fl_job(int fd, struct fl_ioc_job *job, unsigned int op, uint64_t src,
 	   uint64_t dst, uint64_t len, uint64_t value, unsigned int lanes,
 	   unsigned int pattern);
 
+/* Anonymous private memory aligned to @align (a power of two); NULL on failure. */
+void *fl_map_aligned(size_t len, size_t align, int prot);
+
+/* Writes/reads /sys/module/faultline/parameters/@name. 0 or -errno. */
+int fl_param_set(const char *name, const char *val);
+int fl_param_get(const char *name, char *buf, size_t len);
+
+/* Test programs: one function per test, "ok - NAME" / "not ok - NAME: WHY". */
+enum { FL_PASS = 0, FL_FAILED = 1, FL_SKIP = 2 };
+
+struct fl_test {
+	const char *name;
+	int (*fn)(char *why, size_t wlen);
+	int by_name_only;	/* runs only when named (or with @all_too) */
+};
+
+/*
+ * Runs the tests named in @names (all of them when @nnames is 0, except
+ * those by_name_only unless @all_too), prints a line per test and
+ * "# N passed, M failed". Returns the number that failed.
+ */
+int fl_run_tests(const struct fl_test *tests, size_t n, char **names, int nnames,
+		 int all_too);
+
 #endif /* FL_COMMON_H */
