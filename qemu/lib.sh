@@ -505,6 +505,8 @@ _fl_json_string() {
 #     --device-opts JSON  extra members for every vfio-user-pci device,
 #                         e.g. '"x-msg-timeout":20000,"x-no-posted-writes":true'
 #     --mem SIZE          guest RAM (default 1G);  --cpus N   vCPUs (default 2)
+#     --private-mem       plain -m RAM, no shared memory backend (QEMU then maps guest RAM to the
+#                         servers without a file descriptor: the device cannot reach it)
 #   Calls choose_accel unless ACCEL_ARGS is already set.
 #   Returns the guest command's status, taken from the last "$FL_EXIT_MARKER N" console line.
 #   Harness failures return 124 (timeout) or 125 (anything else), with the console's tail printed
@@ -514,7 +516,7 @@ _fl_json_string() {
 #   GUEST_KERNEL_ISSUES the number of kernel WARNING/BUG/Oops reports on the console (warned
 #   about, but they do not change the status: callers decide).
 boot_guest() {
-    local timeout='' interactive=0 quiet=0 append='' devopts='' mem=1G cpus=2 arg
+    local timeout='' interactive=0 quiet=0 append='' devopts='' mem=1G cpus=2 arg private_mem=0
     local -a extra=()
     while (($#)); do
         case $1 in
@@ -525,6 +527,7 @@ boot_guest() {
             --timeout) timeout=$2; shift 2 ;;
             --interactive) interactive=1; shift ;;
             --quiet) quiet=1; shift ;;
+            --private-mem) private_mem=1; shift ;;
             --append) append=$2; shift 2 ;;
             --qemu-arg) extra+=("$2"); shift 2 ;;
             --device-opts) devopts=$2; shift 2 ;;
@@ -552,10 +555,13 @@ boot_guest() {
 
     # shellcheck disable=SC2054 # the commas belong to QEMU option values
     local -a cmd=("$FL_QEMU" -nodefaults -no-user-config -no-reboot
-        "${ACCEL_ARGS[@]}" -smp "$cpus" -m "$mem"
-        -object "memory-backend-memfd,id=mem,size=$mem,share=on"
-        -machine q35,memory-backend=mem
-        -kernel "$FL_BZIMAGE" -initrd "$initrd"
+        "${ACCEL_ARGS[@]}" -smp "$cpus" -m "$mem")
+    if ((private_mem)); then
+        cmd+=(-machine q35)
+    else
+        cmd+=(-object "memory-backend-memfd,id=mem,size=$mem,share=on" -machine q35,memory-backend=mem)
+    fi
+    cmd+=(-kernel "$FL_BZIMAGE" -initrd "$initrd"
         -append "console=ttyS0 quiet panic=-1 ${append}")
     for sock in "$@"; do
         arg="{\"driver\":\"vfio-user-pci\",\"id\":\"gpu$i\",\"socket\":{\"type\":\"unix\",\"path\":$(_fl_json_string "$sock")}"

@@ -65,6 +65,12 @@ impl DeviceExtension {
             lanes: sh.id.lanes,
         };
         let d = decode(cmd, &limits).map_err(|e| CmdError::Queue(e.0))?;
+        // Back-pressure: the queue waits here (outside the effects lock) while the device holds
+        // as many jobs or digests as it allows. An invalid job runs nothing and keeps no digests.
+        let digests = if d.invalid { 0 } else { d.spec.digest_bytes() };
+        if !sh.engine.wait_for_room(digests, || ctx.is_current()) {
+            return Err(CmdError::Abandoned);
+        }
         ctx.effect(|mem| sh.engine.submit(sh, mem, &d))?
             .map_err(|e| CmdError::Queue(e.0))
     }

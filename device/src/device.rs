@@ -61,6 +61,14 @@ impl std::fmt::Debug for Device {
     }
 }
 
+impl DeviceConfig {
+    /// Checks every field against the device's limits without building a device (no thread, no
+    /// allocation): what [`Device::new`] refuses, this refuses.
+    pub fn validate(&self) -> Result<(), DeviceError> {
+        validate(self).map(drop)
+    }
+}
+
 fn validate(config: &DeviceConfig) -> Result<Identity, DeviceError> {
     let invalid = |field, reason| Err(DeviceError::InvalidConfig { field, reason });
     if config.contexts == 0 || config.contexts == abi::CONTEXT_ALL {
@@ -340,6 +348,7 @@ mod tests {
     fn config_validation() {
         let ok = DeviceConfig::default();
         assert_eq!(validate(&ok).unwrap().tlb_entries, 512);
+        assert!(ok.validate().is_ok());
         for bad in [
             DeviceConfig {
                 contexts: 0,
@@ -363,6 +372,7 @@ mod tests {
                 validate(&bad),
                 Err(DeviceError::InvalidConfig { .. })
             ));
+            assert!(bad.validate().is_err());
         }
     }
 }

@@ -31,9 +31,8 @@
 //! invalidation fence, Dekker's pattern), so once the reset returns no lane touches guest memory for an old
 //! job. Each job's record is written once, under the job-book lock (`Job::done`).
 //!
-//! Lock order: `effects` → `regs` → `reset_lock` → `gate` → stall table / fault ring → `book` / engine
-//! queues → `msix`; none of them is held while waiting for a pinned lane except `effects`, `regs` and
-//! `reset_lock`, which lanes never take.
+//! Locks: the device's one lock order is stated in `shared.rs` (# Locks), with which locks may be held
+//! while waiting for a pinned lane.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -48,7 +47,9 @@ use log::{debug, warn};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap, VolatileMemory};
 
 use crate::faults::PostResult;
-use crate::jobs::{sat16, Decoded, Job, Op, QueueError, Record, FNV_OFFSET};
+use crate::jobs::{
+    sat16, Decoded, Job, Op, QueueError, Record, FNV_OFFSET, MAX_DIGEST_BYTES, MAX_OUTSTANDING_JOBS,
+};
 use crate::mmu_glue::{slice_at, GuestPhys};
 use crate::shared::{lock, range_ok, Shared};
 use crate::{abi, DeviceConfig};
@@ -80,6 +81,8 @@ struct EngineQueue {
 #[derive(Debug, Default)]
 struct Book {
     live: BTreeMap<u64, Arc<Job>>,
+    /// Digest bytes the live jobs hold (bounded by [`MAX_DIGEST_BYTES`]).
+    digest_bytes: u64,
     /// Shutdown: new jobs complete with `FL_JOB_ABORTED` at once.
     closed: bool,
 }
@@ -232,6 +235,7 @@ impl Engine {
             let mut book = lock(&self.book);
             if !book.closed {
                 book.live.insert(id, Arc::clone(&job));
+                book.digest_bytes += job.digests.len() as u64 * 8;
             }
             book.closed
         };
@@ -266,7 +270,11 @@ impl Engine {
         if job.done.swap(true, Ordering::AcqRel) {
             return;
         }
-        book.live.remove(&job.id);
+        if book.live.remove(&job.id).is_some() {
+            book.digest_bytes = book
+                .digest_bytes
+                .saturating_sub(job.digests.len() as u64 * 8);
+        }
         let rec = Record {
             seq: job.spec.seq,
             bytes: job.bytes.load(Ordering::Relaxed),
@@ -291,6 +299,39 @@ impl Engine {
         if let Some(e) = job.engine {
             let mut p = lock(&self.queues[e].pending);
             p.load = p.load.saturating_sub(1);
+        }
+    }
+
+    /// Back-pressure before a job is submitted: waits until fewer than [`MAX_OUTSTANDING_JOBS`] jobs
+    /// are outstanding and `digest_bytes` more fit in [`MAX_DIGEST_BYTES`] (always true with no job
+    /// outstanding). Gives up (false) as soon as `still_wanted` says so (reset, queue disabled).
+    /// Called by the command worker without the effects lock, so a reset is never held up by it.
+    pub(crate) fn wait_for_room(&self, digest_bytes: u64, still_wanted: impl Fn() -> bool) -> bool {
+        let mut book = lock(&self.book);
+        let mut logged = false;
+        loop {
+            let fits = book.live.is_empty()
+                || (book.live.len() < MAX_OUTSTANDING_JOBS
+                    && book.digest_bytes.saturating_add(digest_bytes) <= MAX_DIGEST_BYTES);
+            if fits {
+                return true;
+            }
+            if !still_wanted() {
+                return false;
+            }
+            if !logged {
+                debug!(
+                    "queue waits: {} jobs outstanding, {} digest bytes held, {digest_bytes} wanted",
+                    book.live.len(),
+                    book.digest_bytes
+                );
+                logged = true;
+            }
+            book = self
+                .book_cv
+                .wait_timeout(book, Duration::from_millis(5))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -662,7 +703,9 @@ impl LaneRun<'_> {
         // Registration and posting happen under the gate: a reset (which aborts jobs, then stalls, under
         // the gate) is either entirely before (the job is seen aborted: nothing posted) or entirely after
         // (the entry went to the ring of before the reset); never into a ring enabled after it.
-        let (ticket, posted) = {
+        // The queue generation is read under the gate too: a reset after the gate is left bumps it,
+        // so a failed post is reported against the device it happened on, never a fresh one.
+        let (ticket, posted, gen) = {
             let _gate = lock(&eng.gate);
             if self.job.aborted.load(Ordering::SeqCst) {
                 return false;
@@ -689,10 +732,15 @@ impl LaneRun<'_> {
                 access,
                 reason,
             };
-            (ticket, self.shared.faults.post(self.shared, &entry))
+            let gen = self.shared.generation();
+            (ticket, self.shared.faults.post(self.shared, &entry), gen)
         };
         if posted == PostResult::Failed {
-            self.shared.raise_error(None, abi::ERR_FR_CONFIG, 0);
+            #[cfg(test)]
+            if let Some(hook) = lock(&tests::AFTER_FAILED_POST).as_ref() {
+                hook(self.shared);
+            }
+            self.shared.raise_error(gen, abi::ERR_FR_CONFIG, 0);
         }
         match eng.stalls.wait(ticket) {
             StallOutcome::Replayed => {
@@ -709,5 +757,112 @@ impl LaneRun<'_> {
             }
             StallOutcome::Aborted => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
+
+    use super::*;
+    use crate::{region, Device, InterruptSink};
+
+    /// Test hook: runs on the lane between leaving the gate after a failed fault-ring post and
+    /// raising `FL_ERR_FR_CONFIG`.
+    pub(super) static AFTER_FAILED_POST: Mutex<Option<Hook>> = Mutex::new(None);
+
+    type Hook = Box<dyn Fn(&Shared) + Send>;
+
+    struct NoIrq;
+    impl InterruptSink for NoIrq {
+        fn signal(&self, _vector: u16) {}
+    }
+
+    fn set(dev: &Device, off: u64, val: u32) {
+        dev.region_write(region::BAR0, off, &val.to_le_bytes())
+            .unwrap();
+    }
+
+    fn reg(dev: &Device, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        dev.region_read(region::BAR0, off, &mut b).unwrap();
+        u32::from_le_bytes(b)
+    }
+
+    /// A lane whose fault-ring write fails must not report it into a device reset meanwhile: the
+    /// fresh device (writeback address 0 after reset) would get `FL_WB_ERROR` at GPA 0x0c.
+    #[test]
+    fn failed_fault_post_is_not_reported_into_a_reset_device() {
+        const WB: u64 = 0x1000;
+        const CQ: u64 = 0x2000;
+        const REC: u64 = 0x3000;
+        const ROOT: u64 = 0x4000;
+        const FR: u64 = 0x10000;
+        let low = (GuestAddress(0), 0x10000usize);
+        let ring = (GuestAddress(FR), 0x1000usize);
+        let both = GuestMemoryMmap::<()>::from_ranges(&[low, ring]).unwrap();
+        let mem = GuestMemoryAtomic::new(both);
+        let config = DeviceConfig {
+            contexts: 2,
+            engines: 1,
+            lanes: 1,
+            tlb_sets: 4,
+            tlb_ways: 1,
+        };
+        let dev = Device::new(config, mem.clone(), Arc::new(NoIrq)).unwrap();
+        set(&dev, abi::REG_CONTROL, abi::CTRL_ENABLE);
+        set(&dev, abi::REG_WB_LO, WB as u32);
+        set(&dev, abi::REG_CQ_BASE_LO, CQ as u32);
+        set(&dev, abi::REG_CQ_SIZE, 16);
+        set(&dev, abi::REG_CQ_CONTROL, abi::CQ_CTRL_ENABLE);
+        set(&dev, abi::REG_FR_BASE_LO, FR as u32);
+        set(&dev, abi::REG_FR_SIZE, 16);
+        set(&dev, abi::REG_FR_CONTROL, abi::FR_CTRL_ENABLE);
+        assert_eq!(reg(&dev, abi::REG_ERROR), abi::ERR_NONE);
+        // The fault ring's memory goes away: the next fault entry cannot be written.
+        let low_only = GuestMemoryMmap::<()>::from_ranges(&[low]).unwrap();
+        mem.lock().unwrap().replace(low_only);
+        // BIND context 0 to empty tables, then a FILL that faults.
+        let m = mem.memory();
+        let mut bind = [0u8; 64];
+        bind[0] = abi::OP_BIND;
+        bind[16..24].copy_from_slice(&ROOT.to_le_bytes());
+        m.write_slice(&bind, GuestAddress(CQ)).unwrap();
+        let mut fill = [0u8; 64];
+        fill[0] = abi::OP_JOB_FILL;
+        let args = [0u64, 0x10_0000, 4096, 1, REC, 0xff << 8];
+        for (i, a) in args.iter().enumerate() {
+            fill[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
+        }
+        m.write_slice(&fill, GuestAddress(CQ + 64)).unwrap();
+        drop(m);
+        // Between the lane's failed post and its error report, the device is reset.
+        let hooked = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&hooked);
+        *lock(&AFTER_FAILED_POST) = Some(Box::new(move |shared: &Shared| {
+            shared.reset_function();
+            flag.store(true, Ordering::SeqCst);
+        }));
+        set(&dev, abi::REG_CQ_TAIL, 2);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !hooked.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the post never failed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Joins the lane: its error report (if any) has happened.
+        dev.shutdown();
+        *lock(&AFTER_FAILED_POST) = None;
+        let at_0c: u32 = mem.memory().read_obj(GuestAddress(0x0c)).unwrap();
+        assert_eq!(
+            at_0c, 0,
+            "FL_WB_ERROR written into the reset device at GPA 0x0c"
+        );
+        assert_eq!(reg(&dev, abi::REG_ERROR), abi::ERR_NONE);
     }
 }

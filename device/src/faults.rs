@@ -19,7 +19,7 @@
 //! If a ring write fails (the driver DMA-unmapped the ring after enabling it), the ring is disabled and the
 //! poster makes the device enter the error state with `FL_ERR_FR_CONFIG`.
 //!
-//! Lock order (see `shared.rs`): `regs` → `state` → `msix`.
+//! Locks: `state` is the fault ring of the device's one lock order, stated in `shared.rs` (# Locks).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};

@@ -32,6 +32,13 @@ pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// Largest number of chunks of a CHECKSUM job (the device keeps one digest per chunk).
 pub const MAX_CHECKSUM_CHUNKS: u64 = 1 << 20;
+/// Most jobs outstanding (submitted, record not yet written) per device; the queue waits at a job
+/// command beyond it until an earlier job completes.
+pub const MAX_OUTSTANDING_JOBS: usize = 16384;
+/// Most bytes of CHECKSUM digests (8 per chunk) the outstanding jobs of a device may hold; the
+/// queue waits at a CHECKSUM beyond it. Four times the largest single job's, so a lone job always
+/// fits.
+pub const MAX_DIGEST_BYTES: u64 = 32 << 20;
 /// Default chunk size (a5 bits 32–63 = 0).
 pub const DEFAULT_CHUNK: u64 = 4096;
 /// One past the highest device VA.
@@ -113,6 +120,14 @@ impl JobSpec {
     /// Number of chunks.
     pub(crate) fn chunks(&self) -> u64 {
         self.len.div_ceil(self.chunk)
+    }
+
+    /// Bytes of per-chunk digests the job keeps while it runs (CHECKSUM only).
+    pub(crate) fn digest_bytes(&self) -> u64 {
+        match self.op {
+            Op::Checksum => self.chunks().saturating_mul(8),
+            _ => 0,
+        }
     }
 
     /// Whether the job reads its source.

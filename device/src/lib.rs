@@ -18,12 +18,16 @@
 //! - `engines.rs`: lane threads, stalls, job completion, reset and shutdown of jobs;
 //! - `device.rs`: [`Device`], which routes region accesses to the above.
 
+#![forbid(unsafe_code)]
+
 pub mod abi;
 mod bar0;
 mod commands;
 mod device;
 mod engines;
 mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jobs;
 mod mmu_glue;
 mod msix;
@@ -40,36 +44,40 @@ pub use device::{Device, DeviceError};
 /// DMA_MAP/DMA_UNMAP. Every device access to guest memory goes through a snapshot of it.
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
 
-/// VFIO PCI region indexes (same numbering as `VFIO_PCI_*_REGION_INDEX`).
+/// VFIO PCI region indexes (`VFIO_PCI_*_REGION_INDEX` from `vfio-bindings`; the server uses these).
 pub mod region {
+    use vfio_bindings::bindings::vfio;
+
     /// BAR0: registers.
-    pub const BAR0: u32 = 0;
+    pub const BAR0: u32 = vfio::VFIO_PCI_BAR0_REGION_INDEX;
     /// BAR1: MSI-X table and PBA.
-    pub const BAR1: u32 = 1;
+    pub const BAR1: u32 = vfio::VFIO_PCI_BAR1_REGION_INDEX;
     /// Expansion ROM (absent).
-    pub const ROM: u32 = 6;
+    pub const ROM: u32 = vfio::VFIO_PCI_ROM_REGION_INDEX;
     /// PCI configuration space.
-    pub const CONFIG: u32 = 7;
+    pub const CONFIG: u32 = vfio::VFIO_PCI_CONFIG_REGION_INDEX;
     /// VGA (absent).
-    pub const VGA: u32 = 8;
+    pub const VGA: u32 = vfio::VFIO_PCI_VGA_REGION_INDEX;
     /// Number of PCI regions.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = vfio::VFIO_PCI_NUM_REGIONS;
 }
 
-/// VFIO interrupt indexes (same numbering as `VFIO_PCI_*_IRQ_INDEX`).
+/// VFIO interrupt indexes (`VFIO_PCI_*_IRQ_INDEX` from `vfio-bindings`; the server uses these).
 pub mod irq {
+    use vfio_bindings::bindings::vfio;
+
     /// Legacy INTx.
-    pub const INTX: u32 = 0;
+    pub const INTX: u32 = vfio::VFIO_PCI_INTX_IRQ_INDEX;
     /// MSI.
-    pub const MSI: u32 = 1;
+    pub const MSI: u32 = vfio::VFIO_PCI_MSI_IRQ_INDEX;
     /// MSI-X.
-    pub const MSIX: u32 = 2;
+    pub const MSIX: u32 = vfio::VFIO_PCI_MSIX_IRQ_INDEX;
     /// Error (AER) notification.
-    pub const ERR: u32 = 3;
+    pub const ERR: u32 = vfio::VFIO_PCI_ERR_IRQ_INDEX;
     /// Device request (unplug) notification.
-    pub const REQ: u32 = 4;
+    pub const REQ: u32 = vfio::VFIO_PCI_REQ_IRQ_INDEX;
     /// Number of interrupt indexes.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = vfio::VFIO_PCI_NUM_IRQS;
 }
 
 /// Number of interrupts the device offers at VFIO interrupt `index` (see [`irq`]), for GET_IRQ_INFO.

@@ -55,7 +55,6 @@ impl Command {
     }
 
     /// Encodes an entry (the inverse of [`Command::parse`]).
-    #[cfg(test)]
     pub(crate) fn to_bytes(self) -> [u8; abi::CMD_SIZE as usize] {
         let mut b = [0u8; abi::CMD_SIZE as usize];
         b[0] = self.opcode;
@@ -217,7 +216,7 @@ impl Worker {
                 }
                 Err(CmdError::Queue(code)) => {
                     if shared.publish(b.gen, head, completed, false) {
-                        shared.raise_error(Some(b.gen), code, head);
+                        shared.raise_error(b.gen, code, head);
                     }
                     return;
                 }

@@ -15,8 +15,12 @@
 //! 6. `config` — configuration space;
 //! 7. `msix` — MSI-X table, PBA and delivery.
 //!
-//! Lane threads take the gate and what follows it, never while pinned (holding a translation), and
-//! `effects` only to raise `FL_ERR_FR_CONFIG` while holding nothing else. So a reset, which holds
+//! This is the only statement of the order; the other modules refer to it. Only `effects`, `regs` and
+//! the engine's reset lock are ever held while waiting for a pinned lane, and lanes never take them
+//! while pinned. Lane threads take the gate and what follows it, never while pinned (holding a
+//! translation), and `effects` only to raise `FL_ERR_FR_CONFIG` while holding nothing else (with the
+//! generation they read under the gate). The command worker waits for room for a job (outstanding-job
+//! and digest limits) on the job book's condition variable holding no other lock. So a reset, which holds
 //! `effects` while it waits for pinned lanes (`Engine::abort_all`), never waits for a lane that waits for
 //! it: a pinned lane takes no lock and moves at most 64 KiB before unpinning.
 //!
@@ -276,17 +280,13 @@ impl Shared {
         lock(&self.msix).signal(abi::VEC_ERROR);
     }
 
-    /// [`Shared::fail`] for a caller that does not hold the effects lock; with `Some(gen)`, only if the
-    /// generation is still `gen`.
-    pub(crate) fn raise_error(&self, gen: Option<u64>, code: u32, info: u32) {
-        let fx = match gen {
-            Some(gen) => match self.effects(gen) {
-                Some(fx) => fx,
-                None => return,
-            },
-            None => self.effects_any(),
-        };
-        self.fail(&fx, code, info);
+    /// [`Shared::fail`] for a caller that does not hold the effects lock, only if the generation is
+    /// still `gen` (the one the caller saw the failure in): an error is never blamed on the device a
+    /// reset, queue disable or earlier error made since.
+    pub(crate) fn raise_error(&self, gen: u64, code: u32, info: u32) {
+        if let Some(fx) = self.effects(gen) {
+            self.fail(&fx, code, info);
+        }
     }
 
     /// Publishes the queue's progress: the `FL_REG_CQ_HEAD` mirror first (so a doorbell check never sees
@@ -361,7 +361,7 @@ impl Shared {
             let gen = self.generation();
             drop(regs);
             warn!("CQ_TAIL {tail} beyond head {head} + size {size}");
-            self.raise_error(Some(gen), abi::ERR_BAD_TAIL, tail);
+            self.raise_error(gen, abi::ERR_BAD_TAIL, tail);
             return;
         }
         q.tail = tail;

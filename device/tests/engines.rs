@@ -1197,3 +1197,107 @@ fn faults_on_a_page_already_faulted_count_as_duplicates() {
     let page = read_bytes(&h.mem, DATA, 128);
     assert!(page[..64].iter().all(|&b| b == 1) && page[64..].iter().all(|&b| b == 2));
 }
+
+/// A device whose every job stalls (context 0 bound to empty tables) behind a 32 768-entry queue.
+fn setup_big_queue() -> (Harness, PageTables) {
+    const BIG_CQ: u64 = 0xc0_0000;
+    let mut h = Harness::with_config(config());
+    h.enable_msix();
+    h.start_queue(BIG_CQ, 32768);
+    h.program_fault_ring(FR_BASE, 64, 0);
+    let pt = PageTables::new(&h.mem, PT, PT_BYTES);
+    h.run(&[Cmd::bind(0, pt.root())]);
+    (h, pt)
+}
+
+/// Jobs the device accepted over its life (`FL_STAT_JOBS`, summed across resets).
+fn jobs_accepted(h: &Harness) -> u64 {
+    h.dev.session_stats()[abi::STAT_JOBS as usize]
+}
+
+#[test]
+fn outstanding_jobs_are_capped_and_the_queue_waits() {
+    use faultline_device::jobs::MAX_OUTSTANDING_JOBS;
+    let (mut h, _pt) = setup_big_queue();
+    let n = MAX_OUTSTANDING_JOBS as u64 + 16;
+    let cmds: Vec<Cmd> = (0..n)
+        .map(|i| Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, PAGE, 1, rec(i), 0, i))
+        .collect();
+    // Every job stalls on a fault nobody services: the worker must stop at the cap.
+    h.submit(&cmds);
+    wait_until("the cap of outstanding jobs", || {
+        jobs_accepted(&h) >= MAX_OUTSTANDING_JOBS as u64
+    });
+    // A reset waits for the worker's current step, so after it nothing more was accepted.
+    h.dev.reset();
+    assert_eq!(
+        jobs_accepted(&h),
+        MAX_OUTSTANDING_JOBS as u64,
+        "jobs accepted beyond the cap"
+    );
+    let aborted = (0..n)
+        .filter(|&i| h.read_u32(rec(i) + abi::COMPL_OFF_STATUS) == abi::JOB_ABORTED)
+        .count();
+    let untouched = (0..n)
+        .filter(|&i| h.read_u32(rec(i) + abi::COMPL_OFF_STATUS) == 0)
+        .count();
+    assert_eq!((aborted, untouched), (MAX_OUTSTANDING_JOBS, 16));
+}
+
+#[test]
+fn jobs_beyond_the_cap_run_once_earlier_ones_complete() {
+    use faultline_device::jobs::MAX_OUTSTANDING_JOBS;
+    let (mut h, mut pt) = setup_big_queue();
+    pt.map(VA, DATA, PageSize::Size4K, RWA);
+    let n = MAX_OUTSTANDING_JOBS as u64 + 64;
+    let mut cmds: Vec<Cmd> = (0..n)
+        .map(|i| Cmd::job(abi::OP_JOB_FILL, 0, 0, VA, 64, 1, rec(i), 0, i))
+        .collect();
+    cmds.push(Cmd {
+        flags: abi::CMD_F_WAIT_JOBS,
+        ..Cmd::fence(SCRATCH, 7, 0)
+    });
+    h.run(&cmds);
+    assert_eq!(h.read_u64(SCRATCH), 7);
+    for i in 0..n {
+        assert_eq!(
+            h.read_u32(rec(i) + abi::COMPL_OFF_STATUS),
+            abi::JOB_OK,
+            "job {i}"
+        );
+    }
+}
+
+#[test]
+fn checksum_digests_are_bounded() {
+    use faultline_device::jobs::{MAX_CHECKSUM_CHUNKS, MAX_DIGEST_BYTES};
+    let (mut h, _pt) = setup_big_queue();
+    // CHECKSUMs of 2^16 one-byte chunks, 512 KiB of digests each (a sixteenth of the largest
+    // there is); all stall.
+    let chunks = MAX_CHECKSUM_CHUNKS / 16;
+    let per_job = chunks * 8;
+    let fit = MAX_DIGEST_BYTES / per_job;
+    let cmds: Vec<Cmd> = (0..fit + 16)
+        .map(|i| {
+            Cmd::job(
+                abi::OP_JOB_CHECKSUM,
+                0,
+                VA,
+                0,
+                chunks,
+                0,
+                rec(i),
+                a5(0, 0xff, 1, 1),
+                i,
+            )
+        })
+        .collect();
+    h.submit(&cmds);
+    wait_until("the digest budget to fill", || jobs_accepted(&h) >= fit);
+    h.dev.reset();
+    assert_eq!(
+        jobs_accepted(&h),
+        fit,
+        "CHECKSUM jobs accepted beyond the digest budget"
+    );
+}

@@ -40,6 +40,8 @@
 //! assert_eq!(access.pa(va + 8), 0x20_0008);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod context;
 pub mod fault;
 pub mod mem;

@@ -15,12 +15,6 @@ pub trait DeviceBackend {
     fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError>;
     /// Writes `data` at `offset` of region `index`.
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), AccessError>;
-    /// Checks the width and alignment of a `len`-byte access at `offset` of region `index`
-    /// (already known to lie inside the region) without performing it, so a batch can be
-    /// validated before any of it is carried out.
-    fn check_width(&self, _index: u32, _offset: u64, _len: usize) -> Result<(), AccessError> {
-        Ok(())
-    }
     /// Resets the device.
     fn reset(&self);
     /// Device counters (`FL_STAT_*` order) summed over the session, across guest resets.
@@ -39,6 +33,8 @@ pub struct DeviceFactory {
     pub irq_count: fn(u32) -> u32,
     /// Builds a device.
     pub create: Box<CreateDevice>,
+    /// Most DMA regions a client may map (advertised as `max_dma_maps`).
+    pub max_dma_maps: usize,
 }
 
 impl std::fmt::Debug for DeviceFactory {
@@ -56,17 +52,6 @@ impl DeviceBackend for Device {
     }
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
         Device::region_write(self, index, offset, data)
-    }
-    fn check_width(&self, index: u32, offset: u64, len: usize) -> Result<(), AccessError> {
-        // `Device::region_read`/`region_write`: BAR0 takes aligned 4-byte accesses only.
-        if index == faultline_device::region::BAR0 && (len != 4 || offset % 4 != 0) {
-            return Err(AccessError::BadAccess {
-                region: index,
-                offset,
-                len,
-            });
-        }
-        Ok(())
     }
     fn reset(&self) {
         Device::reset(self)
@@ -89,6 +74,7 @@ impl DeviceFactory {
                     .map(|d| Box::new(d) as Box<dyn DeviceBackend>)
                     .map_err(|e| e.to_string())
             }),
+            max_dma_maps: crate::protocol::MAX_DMA_MAPS,
         }
     }
 }

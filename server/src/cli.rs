@@ -50,6 +50,10 @@ pub struct Args {
     /// Device TLB ways.
     #[arg(long = "tlb-ways", value_name = "N")]
     pub tlb_ways: Option<u32>,
+
+    /// Record every message clients send into DIR (seed corpora for the fuzz targets).
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
 }
 
 impl Args {

@@ -9,7 +9,13 @@
 //! are consumed per message, so a refused message never desynchronises the stream.
 //!
 //! Framing checks close the connection (the stream cannot be trusted any more); everything else
-//! is a per-message error reply. Replies are queued and written as the socket accepts them
+//! is a per-message error reply.
+//!
+//! DMA_UNMAP replies only once the device no longer references the removed mapping (the spec's
+//! rule). When a device snapshot still holds it, the reply is *deferred*: a short-lived drain
+//! thread waits for the snapshots to go (each covers at most one 64 KiB access window) and signals
+//! an eventfd the event loop watches; meanwhile the connection reads no further message, so
+//! commands stay in order, and the socket thread keeps serving signals. Replies are queued and written as the socket accepts them
 //! (EPOLLOUT); while a lot of output is queued the connection stops reading, so a client that
 //! does not read its replies cannot make the server buffer without bound.
 
@@ -18,11 +24,15 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::dma::Retired;
 use crate::error::{RequestError, StreamError};
 use crate::protocol::*;
+use crate::record::Recorder;
 use crate::server::Control;
 use crate::session::Session;
 use crate::sock;
@@ -54,6 +64,12 @@ pub struct Connection {
     scratch: Box<[u8]>,
     /// Failed posted messages so far (their log lines are rate-limited).
     posted_failures: u64,
+    /// Signalled by the drain thread when a deferred DMA_UNMAP's mappings are released.
+    drain_evt: EventFd,
+    /// The reply of a DMA_UNMAP waiting for its mappings' release (empty for a posted one).
+    deferred: Option<Vec<u8>>,
+    /// `--record`: every received message is written here.
+    recorder: Option<Recorder>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -74,6 +90,7 @@ impl Connection {
         control: Rc<RefCell<Control>>,
     ) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
+        let drain_evt = EventFd::new(EFD_NONBLOCK)?;
         Ok(Connection {
             stream,
             session,
@@ -87,13 +104,22 @@ impl Connection {
             control,
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             posted_failures: 0,
+            drain_evt,
+            deferred: None,
+            recorder: None,
         })
+    }
+
+    /// Records every message this connection receives.
+    pub fn recording(mut self, recorder: Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// Reads what is available and handles every complete message.
     fn on_readable(&mut self) -> Result<(), StreamError> {
         for _ in 0..READS_PER_WAKEUP {
-            if self.pending_output() > OUTPUT_HIGH_WATER {
+            if self.pending_output() > OUTPUT_HIGH_WATER || self.deferred.is_some() {
                 break;
             }
             // Read up to the end of the header, or of the message: never into the next one.
@@ -132,16 +158,28 @@ impl Connection {
             if let Some(hdr) = self.header {
                 if self.inbuf.len() == hdr.message_size as usize {
                     self.header = None;
+                    if let Some(r) = &mut self.recorder {
+                        r.record(&self.inbuf);
+                    }
                     let fds = std::mem::take(&mut self.fds);
-                    dispatch(
+                    let reply = dispatch(
                         &mut self.session,
-                        &mut self.outbuf,
                         &mut self.posted_failures,
                         &hdr,
                         &self.inbuf[HEADER_SIZE..],
                         fds,
                     );
                     self.inbuf.clear();
+                    match self.session.take_retired() {
+                        Some(retired) if !retired.is_released() => {
+                            self.defer(reply.unwrap_or_default(), retired)
+                        }
+                        _ => {
+                            if let Some(r) = reply {
+                                self.outbuf.extend_from_slice(&r);
+                            }
+                        }
+                    }
                     if let Some(e) = self.session.take_close() {
                         return Err(e);
                     }
@@ -149,6 +187,62 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Holds `reply` back until `retired` is released, which a drain thread reports through
+    /// `drain_evt`. No further message is read meanwhile.
+    fn defer(&mut self, reply: Vec<u8>, retired: Retired) {
+        self.deferred = Some(reply);
+        let evt = match self.drain_evt.try_clone() {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("DMA_UNMAP: cannot clone the drain eventfd ({e}); waiting inline");
+                wait_released(&retired);
+                self.finish_deferred();
+                return;
+            }
+        };
+        // Shared with the thread so that, should it fail to start, the mapping can be waited for
+        // here (bounded: one access window).
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(retired)));
+        let theirs = std::sync::Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name("faultline-dma-drain".into())
+            .spawn(move || {
+                let retired = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(retired) = retired {
+                    wait_released(&retired);
+                    // Drop the last references (and unmap) before telling the loop.
+                    drop(retired);
+                }
+                if let Err(e) = evt.write(1) {
+                    log::error!("DMA_UNMAP: cannot signal the drain eventfd: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("DMA_UNMAP: cannot start a drain thread ({e}); waiting inline");
+            let retired = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(retired) = retired {
+                wait_released(&retired);
+            }
+            self.finish_deferred();
+        }
+    }
+
+    /// Queues the deferred reply and resumes reading.
+    fn finish_deferred(&mut self) {
+        if let Some(r) = self.deferred.take() {
+            self.outbuf.extend_from_slice(&r);
+        }
+    }
+
+    /// The drain eventfd fired.
+    fn on_drained(&mut self) {
+        match self.drain_evt.read() {
+            Ok(_) => self.finish_deferred(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => log::warn!("reading the drain eventfd: {e}"),
+        }
     }
 
     /// Writes queued replies until done or the socket is full.
@@ -176,7 +270,7 @@ impl Connection {
 
     fn wanted_interest(&self) -> EventSet {
         let mut set = EventSet::empty();
-        if self.pending_output() <= OUTPUT_HIGH_WATER {
+        if self.pending_output() <= OUTPUT_HIGH_WATER && self.deferred.is_none() {
             set |= EventSet::IN;
         }
         if self.pending_output() > 0 {
@@ -198,6 +292,9 @@ impl Connection {
         if let Err(e) = ops.remove(Events::empty(&self.stream)) {
             log::warn!("removing the client socket from epoll: {e}");
         }
+        if let Err(e) = ops.remove(Events::empty(&self.drain_evt)) {
+            log::warn!("removing the drain eventfd from epoll: {e}");
+        }
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         self.fds.clear();
         self.closed = true;
@@ -212,7 +309,11 @@ impl MutEventSubscriber for Connection {
         }
         let set = events.event_set();
         let mut result = Ok(());
-        if set
+        if events.fd() == self.drain_evt.as_raw_fd() {
+            self.on_drained();
+            // Messages may have arrived meanwhile.
+            result = self.on_readable();
+        } else if set
             .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP)
         {
             result = self.on_readable();
@@ -235,7 +336,10 @@ impl MutEventSubscriber for Connection {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.stream, self.interest)) {
+        let added = ops
+            .add(Events::new(&self.stream, self.interest))
+            .and_then(|()| ops.add(Events::new(&self.drain_evt, EventSet::IN)));
+        if let Err(e) = added {
             log::error!("cannot watch the client socket: {e}");
             self.closed = true;
             self.control.borrow_mut().connection_closed();
@@ -264,15 +368,30 @@ pub fn check_framing(hdr: &Header) -> Result<(), StreamError> {
     }
 }
 
-/// Validates the descriptor count, runs the handler and queues the reply (if one is wanted).
+/// Waits until no device snapshot references `retired` any more. Bounded: a snapshot lives for
+/// one access window (at most 64 KiB moved) or one record or fault-entry write.
+fn wait_released(retired: &Retired) {
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(10);
+    while !retired.is_released() {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+    log::debug!(
+        "DMA_UNMAP: old mapping released after {:?}",
+        start.elapsed()
+    );
+}
+
+/// Validates the descriptor count and runs the handler; returns the encoded reply, if one is
+/// wanted.
 fn dispatch(
     session: &mut Session,
-    out: &mut Vec<u8>,
     posted_failures: &mut u64,
     hdr: &Header,
     payload: &[u8],
     fds: Vec<OwnedFd>,
-) {
+) -> Option<Vec<u8>> {
     let cmd = hdr.cmd();
     log::trace!(
         "recv id {} {cmd} size {} flags {:#x} fds {}",
@@ -288,7 +407,7 @@ fn dispatch(
             hdr.id,
             hdr.message_size
         );
-        return;
+        return None;
     }
     let max = cmd.max_fds().min(MAX_MSG_FDS);
     let result = if fds.len() > max {
@@ -302,8 +421,8 @@ fn dispatch(
         session.handle(hdr, payload, fds)
     };
     match result {
-        Ok(reply) if !hdr.no_reply() => out.extend_from_slice(&encode_reply(hdr, &reply)),
-        Ok(_) => {}
+        Ok(reply) if !hdr.no_reply() => Some(encode_reply(hdr, &reply)),
+        Ok(_) => None,
         Err(e) if hdr.no_reply() => {
             // A guest can post failing writes in a loop: log the first ones, then every 1000th.
             *posted_failures += 1;
@@ -314,6 +433,7 @@ fn dispatch(
                     hdr.id
                 );
             }
+            None
         }
         Err(e) => {
             log::warn!(
@@ -321,7 +441,7 @@ fn dispatch(
                 hdr.id,
                 e.errno()
             );
-            out.extend_from_slice(&encode_error_reply(hdr, e.errno()));
+            Some(encode_error_reply(hdr, e.errno()))
         }
     }
 }

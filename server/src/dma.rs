@@ -14,7 +14,12 @@
 //!
 //! An unmapped region's `mmap` is released when the last device snapshot that still holds it is
 //! dropped, so an in-flight device access finishes safely; accesses that start after the swap no
-//! longer see the region.
+//! longer see the region. [`DmaSpace::unmap`] returns the removed mappings as a [`Retired`] set,
+//! and the DMA_UNMAP reply is sent only once [`Retired::is_released`] holds (the vfio-user spec:
+//! the server must release every reference, in-flight DMA included, before it replies). Device
+//! snapshots are short-lived (one access window of at most 64 KiB, or one completion-record or
+//! fault-entry write), so that wait is bounded; the connection waits for it off the socket
+//! thread (see `conn.rs`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -46,20 +51,49 @@ struct Region {
     backing: Backing,
 }
 
+/// Mappings removed from the device-visible memory whose device snapshots may still be alive.
+#[derive(Debug, Default)]
+pub struct Retired(Vec<Arc<GuestRegionMmap>>);
+
+impl Retired {
+    /// Whether no device snapshot references any of the mappings any more: `self` holds the last
+    /// reference of each.
+    pub fn is_released(&self) -> bool {
+        self.0.iter().all(|r| Arc::strong_count(r) == 1)
+    }
+
+    /// Whether nothing was removed from the device-visible memory.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The DMA regions of one client.
 #[derive(Debug)]
 pub struct DmaSpace {
     mem: GuestMem,
+    /// Most regions (`max_dma_maps`).
+    max_maps: usize,
     /// Regions by IOVA; never overlapping.
     regions: BTreeMap<u64, Region>,
+    /// Writable regions that came without a file descriptor (guest RAM of a QEMU without a
+    /// shared memory backend); the first one is reported loudly.
+    fdless_writable: u64,
 }
 
 impl DmaSpace {
-    /// An empty table publishing into `mem`.
+    /// An empty table publishing into `mem`, with at most [`MAX_DMA_MAPS`] regions.
     pub fn new(mem: GuestMem) -> Self {
+        Self::with_limit(mem, MAX_DMA_MAPS)
+    }
+
+    /// An empty table publishing into `mem`, with at most `max_maps` regions.
+    pub fn with_limit(mem: GuestMem, max_maps: usize) -> Self {
         DmaSpace {
             mem,
+            max_maps,
             regions: BTreeMap::new(),
+            fdless_writable: 0,
         }
     }
 
@@ -106,9 +140,10 @@ impl DmaSpace {
                 req.size, MAX_DMA_REGION_SIZE
             )));
         }
-        if self.regions.len() >= MAX_DMA_MAPS {
+        if self.regions.len() >= self.max_maps {
             return Err(RequestError::NoSpace(format!(
-                "DMA_MAP: {MAX_DMA_MAPS} regions already mapped"
+                "DMA_MAP: {} regions already mapped (max_dma_maps)",
+                self.max_maps
             )));
         }
         if let Some((&other_iova, other)) = self.first_overlap(req.iova, end) {
@@ -120,6 +155,19 @@ impl DmaSpace {
             });
         }
 
+        if fd.is_none() && req.flags & DMA_MAP_FLAG_WRITE != 0 {
+            self.fdless_writable += 1;
+            if self.fdless_writable == 1 {
+                log::error!(
+                    "DMA_MAP {:#x}+{:#x}: writable guest memory without a file descriptor: the device \
+                     cannot reach it, and jobs, rings and records placed there fail with DMA errors. \
+                     Give QEMU a shared memory backend: -object memory-backend-memfd,id=mem,size=<RAM>,share=on \
+                     -machine memory-backend=mem (libvirt: <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>)",
+                    req.iova,
+                    req.size
+                );
+            }
+        }
         let backing = match fd {
             None => Backing::NotAccessible("no file descriptor"),
             Some(_) if req.flags & DMA_MAP_FLAG_WRITE == 0 => Backing::NotAccessible("read-only"),
@@ -155,34 +203,53 @@ impl DmaSpace {
         Ok(())
     }
 
-    /// Handles DMA_UNMAP of one region: `iova` and `size` must match a mapping exactly.
-    pub fn unmap(&mut self, iova: u64, size: u64) -> Result<(), RequestError> {
+    /// Handles DMA_UNMAP of one region: `iova` and `size` must match a mapping exactly. Returns
+    /// the mapping removed from the device-visible memory, to be waited for before replying.
+    pub fn unmap(&mut self, iova: u64, size: u64) -> Result<Retired, RequestError> {
         match self.regions.get(&iova) {
             Some(r) if r.size == size => {}
             _ => return Err(RequestError::NotFound { iova, size }),
         }
         let removed = self.regions.remove(&iova);
         log::debug!("DMA unmap {iova:#x}+{size:#x}");
-        if matches!(
-            removed,
+        match removed {
             Some(Region {
-                backing: Backing::Mapped(_),
-                ..
-            })
-        ) {
-            self.publish()?;
+                backing: Backing::Mapped(m),
+                size,
+            }) => {
+                if let Err(e) = self.publish() {
+                    // Keep the table consistent with what the device still sees.
+                    self.regions.insert(
+                        iova,
+                        Region {
+                            size,
+                            backing: Backing::Mapped(m),
+                        },
+                    );
+                    return Err(e);
+                }
+                Ok(Retired(vec![m]))
+            }
+            _ => Ok(Retired::default()),
         }
-        Ok(())
     }
 
-    /// Handles DMA_UNMAP with the unmap-all flag, and client disconnects.
-    pub fn unmap_all(&mut self) {
+    /// Handles DMA_UNMAP with the unmap-all flag, and client disconnects. Returns the mappings
+    /// removed from the device-visible memory.
+    pub fn unmap_all(&mut self) -> Retired {
         if self.regions.is_empty() {
-            return;
+            return Retired::default();
         }
         log::info!("DMA unmap all ({} regions)", self.regions.len());
-        self.regions.clear();
+        let retired = std::mem::take(&mut self.regions)
+            .into_values()
+            .filter_map(|r| match r.backing {
+                Backing::Mapped(m) => Some(m),
+                Backing::NotAccessible(_) => None,
+            })
+            .collect();
         self.swap_in(GuestMemoryMmap::new());
+        Retired(retired)
     }
 
     fn first_overlap(&self, start: u64, end: u64) -> Option<(&u64, &Region)> {
@@ -252,7 +319,7 @@ fn mmap_region(req: &DmaMap, fd: OwnedFd) -> Result<GuestRegionMmap, RequestErro
             req.offset
         )));
     }
-    warn_if_shrinkable(&file);
+    check_memory_backed(&file)?;
     let size = usize::try_from(req.size)
         .map_err(|_| RequestError::invalid("DMA_MAP: size does not fit in the address space"))?;
     let mapping = MmapRegion::build(
@@ -272,15 +339,46 @@ fn mmap_region(req: &DmaMap, fd: OwnedFd) -> Result<GuestRegionMmap, RequestErro
         .ok_or_else(|| RequestError::invalid("DMA_MAP: region end overflows"))
 }
 
-/// A file the client may still shrink could make device accesses fault; memfds sealed against
-/// shrinking (QEMU's memory-backend-memfd default) cannot.
-fn warn_if_shrinkable(file: &File) {
+/// `statfs` magic numbers of the memory file systems a DMA file may live on.
+/// (Compared as 32-bit values: the kernel's magics are, whatever the width of `f_type`.)
+const MEMORY_FS: [(u32, &str); 2] = [
+    (libc::TMPFS_MAGIC as u32, "tmpfs/memfd"),
+    (libc::HUGETLBFS_MAGIC as u32, "hugetlbfs"),
+];
+
+/// A DMA file must be memory: on tmpfs or hugetlbfs (memfds are), or sealed against shrinking.
+/// A file on a disk, FUSE or NFS file system could block a device access in a page fault for as
+/// long as the file system likes (hanging resets and shutdown), and one that shrinks turns
+/// accesses past its new end into SIGBUS.
+fn check_memory_backed(file: &File) -> Result<(), RequestError> {
     // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
     let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-        log::debug!(
-            "DMA_MAP: file is not sealed against shrinking; the client must not truncate it"
-        );
+    let sealed = seals >= 0 && seals & libc::F_SEAL_SHRINK != 0;
+    // SAFETY: `statfs` is plain old data, fully written by a successful fstatfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes into the struct we pass, for a descriptor we own.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    if rc != 0 {
+        return Err(RequestError::Os {
+            what: "DMA_MAP: fstatfs",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let fs = st.f_type as u32;
+    match MEMORY_FS.iter().find(|(magic, _)| *magic == fs) {
+        Some((_, name)) => {
+            if !sealed {
+                // QEMU's memory-backend-memfd seals its files; a tmpfs file the client truncates
+                // would still fault the server.
+                log::debug!("DMA_MAP: {name} file is not sealed against shrinking; the client must not truncate it");
+            }
+            Ok(())
+        }
+        None if sealed => Ok(()),
+        None => Err(RequestError::NotMemory(format!(
+            "DMA_MAP: the file is on a file system with magic {fs:#x}, not tmpfs, memfd or \
+             hugetlbfs, and not sealed against shrinking (use -object memory-backend-memfd,share=on)"
+        ))),
     }
 }
 
@@ -361,8 +459,8 @@ mod tests {
             e(d.map(&req(0x40000, 0x8000, RW), Some(memfd(0x4000)))),
             libc::EINVAL
         );
-        assert_eq!(e(d.unmap(0x10000, 0x1000)), libc::ENOENT);
-        assert_eq!(e(d.unmap(0x90000, 0x1000)), libc::ENOENT);
+        assert_eq!(e(d.unmap(0x10000, 0x1000).map(drop)), libc::ENOENT);
+        assert_eq!(e(d.unmap(0x90000, 0x1000).map(drop)), libc::ENOENT);
         assert_eq!(d.len(), 1);
     }
 
@@ -379,6 +477,31 @@ mod tests {
         d.unmap(0xfffc0000, 0x40000).unwrap();
         d.unmap_all();
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn unmapped_region_is_released_only_when_no_snapshot_holds_it() {
+        let mem = GuestMem::new(GuestMemoryMmap::new());
+        let mut d = DmaSpace::new(mem.clone());
+        d.map(&req(0x10000, 0x4000, RW), Some(memfd(0x4000)))
+            .unwrap();
+        d.map(&req(0x20000, 0x1000, RW), Some(memfd(0x1000)))
+            .unwrap();
+        let snapshot = mem.memory();
+        let retired = d.unmap(0x10000, 0x4000).unwrap();
+        assert!(!retired.is_empty());
+        assert!(!retired.is_released(), "a device snapshot still maps it");
+        // The snapshot still reaches the old mapping; new snapshots do not.
+        snapshot.write_obj(7u32, GuestAddress(0x10000)).unwrap();
+        assert!(mem.memory().read_obj::<u32>(GuestAddress(0x10000)).is_err());
+        drop(snapshot);
+        assert!(retired.is_released());
+        let all = d.unmap_all();
+        assert!(all.is_released());
+        // Regions the device never saw have nothing to wait for.
+        d.map(&req(0x1000, 0x1000, DMA_MAP_FLAG_READ), None)
+            .unwrap();
+        assert!(d.unmap(0x1000, 0x1000).unwrap().is_empty());
     }
 
     #[test]

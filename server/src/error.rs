@@ -114,6 +114,27 @@ pub enum RequestError {
     /// The device refused a region access.
     #[error("device refused the access: {0}")]
     Access(#[source] AccessError),
+    /// Some REGION_WRITE_MULTI entries were refused (the others were written, in order).
+    #[error("{refused} of {total} REGION_WRITE_MULTI entries refused, the rest written; first, entry {first}: {source}")]
+    PartialMulti {
+        /// Entries refused.
+        refused: usize,
+        /// Entries in the message.
+        total: u64,
+        /// Index of the first refused entry.
+        first: usize,
+        /// The first refused entry's errno.
+        errno: i32,
+        /// Why the first entry was refused.
+        #[source]
+        source: Box<RequestError>,
+    },
+    /// A DMA file that is not memory (tmpfs, hugetlbfs, memfd) nor sealed against shrinking.
+    #[error("{0}")]
+    NotMemory(String),
+    /// A SET_IRQS descriptor that is not an eventfd.
+    #[error("{0}")]
+    NotEventfd(String),
     /// A system call failed while serving the request.
     #[error("{what}: {source}")]
     Os {
@@ -140,6 +161,9 @@ impl RequestError {
             RequestError::TooBig(_) => libc::E2BIG,
             RequestError::Access(AccessError::BadAccess { .. }) => libc::EFAULT,
             RequestError::Access(_) => libc::EINVAL,
+            RequestError::PartialMulti { errno, .. } => *errno,
+            RequestError::NotMemory(_) => libc::EBADF,
+            RequestError::NotEventfd(_) => libc::EINVAL,
             RequestError::Os { source, .. } => match source.raw_os_error() {
                 Some(e) if e != 0 => e,
                 _ => libc::EIO,

@@ -8,17 +8,18 @@
 //! `O_NONBLOCK` so raising a vector never blocks a device thread.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use faultline_device::InterruptSink;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::RequestError;
 use crate::protocol::irq_index;
 
 #[derive(Debug, Default)]
 struct Vector {
-    fd: Option<File>,
+    fd: Option<EventFd>,
     masked: bool,
     pending: bool,
 }
@@ -43,19 +44,30 @@ impl Vector {
     }
 }
 
-fn write_eventfd(fd: &File) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
-    let n = unsafe {
-        libc::write(
-            fd.as_raw_fd(),
-            std::ptr::from_ref(&one).cast(),
-            std::mem::size_of::<u64>(),
-        )
-    };
-    if n < 0 {
+fn write_eventfd(fd: &EventFd) {
+    if let Err(e) = fd.write(1) {
         // EAGAIN means the counter is saturated: the client has interrupts to handle already.
-        log::trace!("eventfd write: {}", std::io::Error::last_os_error());
+        log::trace!("eventfd write: {e}");
+    }
+}
+
+/// Refuses a SET_IRQS descriptor that is not an eventfd: the device writes 8-byte counters to it
+/// from its own threads, which on a pipe, socket or file could block or mean something else.
+pub fn check_eventfd(fd: &OwnedFd) -> Result<(), RequestError> {
+    let link =
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|source| {
+            RequestError::Os {
+                what: "SET_IRQS: identifying the descriptor",
+                source,
+            }
+        })?;
+    if link.as_os_str() == "anon_inode:[eventfd]" {
+        Ok(())
+    } else {
+        Err(RequestError::NotEventfd(format!(
+            "SET_IRQS: descriptor is {}, not an eventfd",
+            link.display()
+        )))
     }
 }
 
@@ -199,8 +211,8 @@ impl Irqs {
                 // Validate every descriptor before changing anything.
                 let files = fds
                     .into_iter()
-                    .map(|fd| set_nonblocking(File::from(fd)))
-                    .collect::<Result<Vec<File>, RequestError>>()?;
+                    .map(into_eventfd)
+                    .collect::<Result<Vec<EventFd>, RequestError>>()?;
                 for (i, f) in range.clone().zip(files) {
                     vs[i].fd = Some(f);
                     vs[i].flush();
@@ -249,6 +261,15 @@ impl Irqs {
             }
         }
     }
+}
+
+/// Checks that `fd` is an eventfd, makes it non-blocking, and wraps it.
+fn into_eventfd(fd: OwnedFd) -> Result<EventFd, RequestError> {
+    check_eventfd(&fd)?;
+    let f = set_nonblocking(File::from(fd))?;
+    // SAFETY: `f` owns the descriptor and gives it up here; `check_eventfd` showed it is an
+    // eventfd, so `EventFd`'s 8-byte reads and writes are what it expects.
+    Ok(unsafe { EventFd::from_raw_fd(f.into_raw_fd()) })
 }
 
 fn set_nonblocking(f: File) -> Result<File, RequestError> {

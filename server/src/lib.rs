@@ -5,6 +5,7 @@
 //! - [`protocol`]: wire format (header, commands, payload structures);
 //! - [`version`]: VERSION capability negotiation;
 //! - [`sock`]: non-blocking `recvmsg`/`send` with `SCM_RIGHTS`;
+//! - [`limits`]: `RLIMIT_NOFILE` and the number of DMA regions it allows;
 //! - [`dma`], [`irq`]: DMA regions (guest memory for the device) and interrupt eventfds;
 //! - [`session`]: per-client state and the command handlers;
 //! - [`conn`]: framing, the validation point, buffered replies;
@@ -20,8 +21,10 @@ pub mod conn;
 pub mod dma;
 pub mod error;
 pub mod irq;
+pub mod limits;
 pub mod listener;
 pub mod protocol;
+pub mod record;
 pub mod server;
 pub mod session;
 pub mod signals;

@@ -1,23 +1,14 @@
 //! `faultline-server`: see [`faultline_server`] and `faultline-server --help`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
-use faultline_device::{GuestMem, InterruptSink};
 use faultline_server::backend::{device_config, DeviceFactory};
 use faultline_server::cli::Args;
+use faultline_server::limits;
 use faultline_server::listener::BoundSocket;
 use faultline_server::server;
 use faultline_server::signals::SignalFd;
-use vm_memory::GuestMemoryMmap;
-
-/// Interrupt sink for the configuration check device: drops everything.
-struct NoIrq;
-
-impl InterruptSink for NoIrq {
-    fn signal(&self, _vector: u16) {}
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -44,15 +35,28 @@ fn main() -> ExitCode {
         args.tlb_sets,
         args.tlb_ways,
     );
-    let factory = DeviceFactory::faultline(config.clone());
-    // Refuse a bad configuration now rather than when the first client connects.
-    match (factory.create)(GuestMem::new(GuestMemoryMmap::new()), Arc::new(NoIrq)) {
-        Ok(d) => d.shutdown(),
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
+    // Refuse a bad configuration now rather than when the first client connects (checked, not
+    // built: a device starts engines × lanes threads).
+    if let Err(e) = config.validate() {
+        log::error!("{e}");
+        return ExitCode::from(2);
     }
+    let mut factory = DeviceFactory::faultline(config.clone());
+    // Every device-visible DMA region holds a descriptor: allow as many as the hard limit lets
+    // us, and advertise no more regions than the descriptors left.
+    let nofile = match limits::raise_nofile() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("cannot read RLIMIT_NOFILE: {e}");
+            1024
+        }
+    };
+    let open = limits::open_fds().unwrap_or(16);
+    factory.max_dma_maps = limits::max_dma_maps(nofile, open);
+    log::info!(
+        "RLIMIT_NOFILE {nofile}, {open} descriptors open: max_dma_maps {}",
+        factory.max_dma_maps
+    );
 
     let bound = match (&args.socket, args.fd) {
         (Some(path), _) => BoundSocket::bind(path),
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
         "faultline-server {} starting, device {config:?}",
         env!("CARGO_PKG_VERSION")
     );
-    let result = server::run(&socket, signals, factory);
+    let result = server::run(&socket, signals, factory, args.record.as_deref());
     drop(socket);
     match result {
         Ok(sig) => {

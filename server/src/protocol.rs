@@ -3,9 +3,13 @@
 //!
 //! Every structure is decoded from and encoded to bytes explicitly (host byte order, as the
 //! specification says), so no unaligned or type-punned access to the receive buffer is needed.
-//! The layouts follow QEMU's `docs/interop/vfio-user.rst` and `hw/vfio-user/protocol.h`.
+//! The layouts follow QEMU's `docs/interop/vfio-user.rst` and `hw/vfio-user/protocol.h`. The
+//! flag values shared with the kernel's VFIO ABI come from `vfio-bindings`; only what is
+//! vfio-user's own (header, command numbers, message layouts) is defined here.
 
 use std::fmt;
+
+use vfio_bindings::bindings::vfio;
 
 /// Size of the message header that starts every message.
 pub const HEADER_SIZE: usize = 16;
@@ -25,7 +29,8 @@ pub const MAX_MSG_FDS: usize = 8;
 /// Page size the server supports for DMA mappings (advertised as `pgsizes`).
 pub const DMA_PGSIZE: u64 = 4096;
 
-/// Most DMA regions that may be mapped at once (advertised as `max_dma_maps`).
+/// Most DMA regions that may ever be mapped at once; the limit in force (advertised as
+/// `max_dma_maps`) is derived from the descriptor limit at start (`limits.rs`).
 pub const MAX_DMA_MAPS: usize = 1024;
 
 /// Mask of the message type in the header flags.
@@ -297,9 +302,9 @@ pub struct DmaMap {
 /// Size of the DMA_MAP payload.
 pub const DMA_MAP_SIZE: usize = 32;
 /// DMA_MAP flag: the device may read the region.
-pub const DMA_MAP_FLAG_READ: u32 = 1 << 0;
+pub const DMA_MAP_FLAG_READ: u32 = vfio::VFIO_DMA_MAP_FLAG_READ;
 /// DMA_MAP flag: the device may write the region.
-pub const DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
+pub const DMA_MAP_FLAG_WRITE: u32 = vfio::VFIO_DMA_MAP_FLAG_WRITE;
 
 impl DmaMap {
     /// Decodes the payload; `None` if it is too short.
@@ -331,9 +336,9 @@ pub struct DmaUnmap {
 /// Size of the DMA_UNMAP payload.
 pub const DMA_UNMAP_SIZE: usize = 24;
 /// DMA_UNMAP flag: also return a dirty bitmap (not supported).
-pub const DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = 1 << 0;
+pub const DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = vfio::VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
 /// DMA_UNMAP flag: unmap every region (QEMU sends it with iova 0, size 0).
-pub const DMA_UNMAP_FLAG_ALL: u32 = 1 << 1;
+pub const DMA_UNMAP_FLAG_ALL: u32 = vfio::VFIO_DMA_UNMAP_FLAG_ALL;
 
 impl DmaUnmap {
     /// Decodes the payload; `None` if it is too short.
@@ -361,16 +366,16 @@ impl DmaUnmap {
 /// Size of the DEVICE_GET_INFO payload (`struct vfio_device_info` without caps).
 pub const DEVICE_INFO_SIZE: usize = 16;
 /// Device flag: supports reset.
-pub const DEVICE_FLAGS_RESET: u32 = 1 << 0;
+pub const DEVICE_FLAGS_RESET: u32 = vfio::VFIO_DEVICE_FLAGS_RESET;
 /// Device flag: PCI device.
-pub const DEVICE_FLAGS_PCI: u32 = 1 << 1;
+pub const DEVICE_FLAGS_PCI: u32 = vfio::VFIO_DEVICE_FLAGS_PCI;
 
 /// Size of the DEVICE_GET_REGION_INFO payload (`struct vfio_region_info`).
 pub const REGION_INFO_SIZE: usize = 32;
 /// Region flag: readable.
-pub const REGION_INFO_FLAG_READ: u32 = 1 << 0;
+pub const REGION_INFO_FLAG_READ: u32 = vfio::VFIO_REGION_INFO_FLAG_READ;
 /// Region flag: writable.
-pub const REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
+pub const REGION_INFO_FLAG_WRITE: u32 = vfio::VFIO_REGION_INFO_FLAG_WRITE;
 
 /// `struct vfio_region_info` as sent and returned by DEVICE_GET_REGION_INFO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -422,43 +427,31 @@ pub const REGION_IO_FDS_SIZE: usize = 16;
 /// Size of the DEVICE_GET_IRQ_INFO payload (`struct vfio_irq_info`).
 pub const IRQ_INFO_SIZE: usize = 16;
 /// IRQ info flag: eventfd signalling supported.
-pub const IRQ_INFO_EVENTFD: u32 = 1 << 0;
+pub const IRQ_INFO_EVENTFD: u32 = vfio::VFIO_IRQ_INFO_EVENTFD;
 
 /// Size of the fixed part of DEVICE_SET_IRQS (`struct vfio_irq_set` without data).
 pub const IRQ_SET_SIZE: usize = 20;
 /// SET_IRQS data: none.
-pub const IRQ_SET_DATA_NONE: u32 = 1 << 0;
+pub const IRQ_SET_DATA_NONE: u32 = vfio::VFIO_IRQ_SET_DATA_NONE;
 /// SET_IRQS data: one bool byte per interrupt.
-pub const IRQ_SET_DATA_BOOL: u32 = 1 << 1;
+pub const IRQ_SET_DATA_BOOL: u32 = vfio::VFIO_IRQ_SET_DATA_BOOL;
 /// SET_IRQS data: eventfds in the ancillary data.
-pub const IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+pub const IRQ_SET_DATA_EVENTFD: u32 = vfio::VFIO_IRQ_SET_DATA_EVENTFD;
 /// SET_IRQS action: mask.
-pub const IRQ_SET_ACTION_MASK: u32 = 1 << 3;
+pub const IRQ_SET_ACTION_MASK: u32 = vfio::VFIO_IRQ_SET_ACTION_MASK;
 /// SET_IRQS action: unmask.
-pub const IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
+pub const IRQ_SET_ACTION_UNMASK: u32 = vfio::VFIO_IRQ_SET_ACTION_UNMASK;
 /// SET_IRQS action: trigger.
-pub const IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+pub const IRQ_SET_ACTION_TRIGGER: u32 = vfio::VFIO_IRQ_SET_ACTION_TRIGGER;
 /// Every SET_IRQS data bit.
 pub const IRQ_SET_DATA_MASK: u32 = IRQ_SET_DATA_NONE | IRQ_SET_DATA_BOOL | IRQ_SET_DATA_EVENTFD;
 /// Every SET_IRQS action bit.
 pub const IRQ_SET_ACTION_MASK_ALL: u32 =
     IRQ_SET_ACTION_MASK | IRQ_SET_ACTION_UNMASK | IRQ_SET_ACTION_TRIGGER;
 
-/// VFIO PCI interrupt indexes (`VFIO_PCI_*_IRQ_INDEX`).
-pub mod irq_index {
-    /// Legacy INTx.
-    pub const INTX: u32 = 0;
-    /// MSI.
-    pub const MSI: u32 = 1;
-    /// MSI-X.
-    pub const MSIX: u32 = 2;
-    /// Error notification.
-    pub const ERR: u32 = 3;
-    /// Device request notification.
-    pub const REQ: u32 = 4;
-    /// Number of interrupt indexes.
-    pub const COUNT: u32 = 5;
-}
+/// VFIO PCI interrupt indexes (`VFIO_PCI_*_IRQ_INDEX`): the device's, defined once from
+/// `vfio-bindings`.
+pub use faultline_device::irq as irq_index;
 
 /// DEVICE_SET_IRQS fixed part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::rc::Rc;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberId, SubscriberOps};
@@ -21,6 +22,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberId, SubscriberOp
 use crate::backend::{format_stats, DeviceBackend, DeviceFactory};
 use crate::conn::Connection;
 use crate::listener::{Acceptor, BoundSocket};
+use crate::record::Recorder;
 use crate::session::Session;
 use crate::signals::{SignalFd, SignalHandler};
 
@@ -123,6 +125,7 @@ pub fn run(
     socket: &BoundSocket,
     signals: SignalFd,
     factory: DeviceFactory,
+    record: Option<&Path>,
 ) -> Result<String, ServerError> {
     let control = Rc::new(RefCell::new(Control::new()));
     let mut em: EventManager<Box<dyn MutEventSubscriber>> = EventManager::new()?;
@@ -158,7 +161,7 @@ pub fn run(
             }
         };
         if let Some(stream) = next {
-            conn_id = activate(&mut em, stream, &factory, &control);
+            conn_id = activate(&mut em, stream, &factory, &control, record);
             continue;
         }
         if let Err(e) = em.run() {
@@ -178,6 +181,7 @@ fn activate(
     stream: UnixStream,
     factory: &DeviceFactory,
     control: &Rc<RefCell<Control>>,
+    record: Option<&Path>,
 ) -> Option<SubscriberId> {
     let session = match Session::new(factory) {
         Ok(s) => s,
@@ -188,7 +192,14 @@ fn activate(
     };
     let device = session.device();
     let conn = match Connection::new(stream, session, Rc::clone(control)) {
-        Ok(c) => c,
+        Ok(c) => match record.map(Recorder::new) {
+            Some(Ok(r)) => c.recording(r),
+            Some(Err(e)) => {
+                log::warn!("--record: {e}; this connection is not recorded");
+                c
+            }
+            None => c,
+        },
         Err(e) => {
             log::error!("cannot set up the client connection: {e}");
             return None;

@@ -14,7 +14,7 @@ use faultline_device::{region, GuestMem};
 use vm_memory::GuestMemoryMmap;
 
 use crate::backend::{format_stats, DeviceBackend, DeviceFactory};
-use crate::dma::DmaSpace;
+use crate::dma::{DmaSpace, Retired};
 use crate::error::{RequestError, StreamError};
 use crate::irq::{IrqAction, Irqs};
 use crate::protocol::*;
@@ -28,6 +28,10 @@ pub struct Session {
     caps: Option<ClientCaps>,
     /// Set by a handler when the connection must be closed after its reply.
     close: Option<StreamError>,
+    /// `max_dma_maps` advertised in the VERSION reply.
+    max_dma_maps: usize,
+    /// Set by DMA_UNMAP: mappings whose release the reply must wait for.
+    retired: Option<Retired>,
 }
 
 impl std::fmt::Debug for Session {
@@ -48,10 +52,12 @@ impl Session {
             Rc::from((factory.create)(mem.clone(), irqs.msix_sink())?);
         Ok(Session {
             device,
-            dma: DmaSpace::new(mem),
+            dma: DmaSpace::with_limit(mem, factory.max_dma_maps),
             irqs,
             caps: None,
             close: None,
+            retired: None,
+            max_dma_maps: factory.max_dma_maps,
         })
     }
 
@@ -63,6 +69,12 @@ impl Session {
     /// Takes the reason to close the connection, if a handler set one.
     pub fn take_close(&mut self) -> Option<StreamError> {
         self.close.take()
+    }
+
+    /// Takes the mappings the last DMA_UNMAP removed, if any: its reply must not be sent before
+    /// [`Retired::is_released`].
+    pub fn take_retired(&mut self) -> Option<Retired> {
+        self.retired.take().filter(|r| !r.is_empty())
     }
 
     /// Whether VERSION was negotiated.
@@ -119,7 +131,7 @@ impl Session {
                 caps.major
             )));
         }
-        let reply = version::build_reply(&caps, payload.len());
+        let reply = version::build_reply(&caps, payload.len(), self.max_dma_maps);
         log::info!(
             "negotiated vfio-user {}.{} (client proposed {}.{}, max_msg_fds {}, max_data_xfer_size {}, write_multiple {})",
             version::MAJOR,
@@ -177,9 +189,9 @@ impl Session {
                     "DMA_UNMAP: unmap-all with a non-zero address or size",
                 ));
             }
-            self.dma.unmap_all();
+            self.retired = Some(self.dma.unmap_all());
         } else {
-            self.dma.unmap(req.iova, req.size)?;
+            self.retired = Some(self.dma.unmap(req.iova, req.size)?);
         }
         Ok(req.encode())
     }
@@ -491,32 +503,53 @@ impl Session {
                 expected: "8 + 24 * wr_cnt",
             });
         }
-        // Validate every entry before performing any write.
-        let mut writes = Vec::with_capacity(wr_cnt as usize);
-        for e in entries.chunks_exact(WRITE_MULTI_ENTRY_SIZE) {
-            let a = RegionAccess::parse(e)
-                .ok_or_else(|| RequestError::invalid("REGION_WRITE_MULTI: short entry"))?;
-            if a.count as usize > WRITE_MULTI_DATA {
-                return Err(RequestError::invalid(format!(
-                    "REGION_WRITE_MULTI: entry count {} exceeds 8",
-                    a.count
-                )));
+        // Each entry is its own posted write, applied in order: a bad entry is refused and
+        // logged, the valid ones beside it still happen (QEMU coalesces independent posted
+        // writes into one message only when its queue is congested).
+        let mut first_error: Option<(usize, RequestError)> = None;
+        let mut refused = 0usize;
+        for (i, e) in entries.chunks_exact(WRITE_MULTI_ENTRY_SIZE).enumerate() {
+            match self.write_multi_entry(e) {
+                Ok(()) => {}
+                Err(err) => {
+                    refused += 1;
+                    log::debug!("REGION_WRITE_MULTI entry {i} refused: {err}");
+                    if first_error.is_none() {
+                        first_error = Some((i, err));
+                    }
+                }
             }
-            self.check_access(&a, true)?;
-            self.device
-                .check_width(a.region, a.offset, a.count as usize)
-                .map_err(RequestError::Access)?;
-            let data = &e[REGION_ACCESS_SIZE..REGION_ACCESS_SIZE + a.count as usize];
-            writes.push((a, data));
         }
-        for (a, data) in writes {
-            self.device
-                .region_write(a.region, a.offset, data)
-                .map_err(RequestError::Access)?;
+        if let Some((i, err)) = first_error {
+            let errno = err.errno();
+            return Err(RequestError::PartialMulti {
+                refused,
+                total: wr_cnt,
+                first: i,
+                errno,
+                source: Box::new(err),
+            });
         }
         let mut out = Vec::with_capacity(8);
         out.put_u64(wr_cnt);
         Ok(out)
+    }
+
+    /// One REGION_WRITE_MULTI entry: checked, then written.
+    fn write_multi_entry(&self, e: &[u8]) -> Result<(), RequestError> {
+        let a = RegionAccess::parse(e)
+            .ok_or_else(|| RequestError::invalid("REGION_WRITE_MULTI: short entry"))?;
+        if a.count as usize > WRITE_MULTI_DATA {
+            return Err(RequestError::invalid(format!(
+                "REGION_WRITE_MULTI: entry count {} exceeds 8",
+                a.count
+            )));
+        }
+        self.check_access(&a, true)?;
+        let data = &e[REGION_ACCESS_SIZE..REGION_ACCESS_SIZE + a.count as usize];
+        self.device
+            .region_write(a.region, a.offset, data)
+            .map_err(RequestError::Access)
     }
 
     fn reset(&mut self, p: &[u8]) -> Result<Vec<u8>, RequestError> {
@@ -535,7 +568,8 @@ impl Drop for Session {
             "client session ended; device stats: {}",
             format_stats(&self.device.stats())
         );
-        self.dma.unmap_all();
+        // The device is stopped: nothing references the mappings any more.
+        drop(self.dma.unmap_all());
         for i in 0..irq_index::COUNT {
             self.irqs.disable(i);
         }
@@ -558,19 +592,16 @@ fn exact(
     Ok(())
 }
 
-/// Returns `full` if the client's `argsz` can hold it; otherwise the first `argsz` bytes, whose
-/// `argsz` field (the first 4 bytes) tells the client the size it needs to ask again with.
+/// Returns `full` if the client's `argsz` can hold it; a smaller `argsz` is EINVAL, as in kernel
+/// VFIO and libvfio-user. (Truncating to `argsz` with the needed size in the reply's `argsz` is
+/// for capability chains only, and no reply of this server has one: `full` is always the base
+/// structure.)
 fn fit_argsz(what: &str, full: Vec<u8>, argsz: u32) -> Result<Vec<u8>, RequestError> {
-    let argsz = argsz as usize;
-    if argsz >= full.len() {
-        return Ok(full);
-    }
-    if argsz < 4 {
+    if (argsz as usize) < full.len() {
         return Err(RequestError::invalid(format!(
-            "{what}: argsz {argsz} cannot hold the reply's argsz field"
+            "{what}: argsz {argsz} is below the {}-byte structure",
+            full.len()
         )));
     }
-    let mut out = full;
-    out.truncate(argsz);
-    Ok(out)
+    Ok(full)
 }

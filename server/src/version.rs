@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::RequestError;
-use crate::protocol::{Put, Reader, DMA_PGSIZE, MAX_DATA_XFER_SIZE, MAX_DMA_MAPS, MAX_MSG_FDS};
+use crate::protocol::{Put, Reader, DMA_PGSIZE, MAX_DATA_XFER_SIZE, MAX_MSG_FDS};
 
 /// Protocol major version the server speaks.
 pub const MAJOR: u16 = 0;
@@ -123,8 +123,9 @@ fn uint(name: &str, v: &Value) -> Result<u64, RequestError> {
 }
 
 /// Builds the VERSION reply payload (major, minor, JSON with NUL) for a request whose payload
-/// was `request_len` bytes. The result is never longer than `request_len`.
-pub fn build_reply(client: &ClientCaps, request_len: usize) -> Vec<u8> {
+/// was `request_len` bytes, advertising `max_dma_maps`. The result is never longer than
+/// `request_len`.
+pub fn build_reply(client: &ClientCaps, request_len: usize, max_dma_maps: usize) -> Vec<u8> {
     let mut out = Vec::new();
     out.put_u16(MAJOR);
     out.put_u16(MINOR);
@@ -141,7 +142,7 @@ pub fn build_reply(client: &ClientCaps, request_len: usize) -> Vec<u8> {
         ("pgsizes", Value::from(DMA_PGSIZE)),
         ("write_multiple", Value::from(client.write_multiple)),
         ("max_msg_fds", Value::from(MAX_MSG_FDS as u64)),
-        ("max_dma_maps", Value::from(MAX_DMA_MAPS as u64)),
+        ("max_dma_maps", Value::from(max_dma_maps as u64)),
     ];
     let mut kept: Vec<&(&str, Value)> = ours
         .iter()
@@ -190,7 +191,7 @@ mod tests {
         let c = parse_request(&p).unwrap();
         assert_eq!(c.max_msg_fds, 16);
         assert!(c.write_multiple);
-        let r = build_reply(&c, p.len());
+        let r = build_reply(&c, p.len(), 1024);
         assert!(r.len() <= p.len());
         assert_eq!(*r.last().unwrap(), 0);
         let v: Value = serde_json::from_slice(&r[4..r.len() - 1]).unwrap();
@@ -206,7 +207,7 @@ mod tests {
         let p = payload(0, 0, json);
         let c = parse_request(&p).unwrap();
         for len in [p.len(), 40, 30, 25, 7] {
-            let r = build_reply(&c, len);
+            let r = build_reply(&c, len, 1024);
             assert!(r.len() <= len.max(7), "{len}: {}", r.len());
             assert_eq!(*r.last().unwrap(), 0);
             let _: Value = serde_json::from_slice(&r[4..r.len() - 1]).unwrap();
@@ -217,7 +218,7 @@ mod tests {
     fn only_proposed_capabilities() {
         let p = payload(0, 1, b"{\"capabilities\":{\"max_msg_fds\":1}}\0");
         let c = parse_request(&p).unwrap();
-        let r = build_reply(&c, p.len());
+        let r = build_reply(&c, p.len(), 1024);
         let v: Value = serde_json::from_slice(&r[4..r.len() - 1]).unwrap();
         assert_eq!(v["capabilities"].as_object().unwrap().len(), 1);
     }
@@ -226,7 +227,7 @@ mod tests {
     fn no_json() {
         let p = payload(0, 0, b"");
         let c = parse_request(&p).unwrap();
-        assert_eq!(build_reply(&c, p.len()).len(), 4);
+        assert_eq!(build_reply(&c, p.len(), 1024).len(), 4);
     }
 
     #[test]

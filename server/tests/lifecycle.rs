@@ -112,6 +112,19 @@ fn bad_device_configuration_is_refused_at_startup() {
 }
 
 #[test]
+fn configuration_is_checked_without_building_a_device() {
+    let mut server = Server::start("config-check");
+    // Listening, and no device exists until a client connects.
+    assert!(
+        !server.log_text().contains("faultline device created"),
+        "a device was built before any client:\n{}",
+        server.log_text()
+    );
+    server.assert_serves_new_client();
+    assert!(server.log_text().contains("faultline device created"));
+}
+
+#[test]
 fn one_client_at_a_time() {
     let mut server = Server::start("one-client");
     let mut first = server.connect();
@@ -192,4 +205,35 @@ fn inherited_listening_socket() {
     assert!(std::fs::read_to_string(&log2)
         .unwrap()
         .contains("not a listening"));
+}
+
+#[test]
+fn record_writes_every_received_message() {
+    let dir = TempDir::new("record");
+    let rec = dir.0.join("rec");
+    let socket = dir.0.join("gpu.sock");
+    let rec_arg = rec.to_str().unwrap().to_string();
+    let mut server = Server::start_at(dir, socket, &["--record", &rec_arg]);
+    let mut c = server.connect();
+    let version = version_payload(0, 0, QEMU_CAPS);
+    let id = c.next_id();
+    let mut sent = message(id, VERSION, 0, &version);
+    c.send_bytes(&sent.clone(), &[]);
+    c.recv();
+    for _ in 0..70 {
+        let m = message(c.next_id(), DEVICE_GET_INFO, 0, &info_req(16));
+        c.send_bytes(&m, &[]);
+        c.recv();
+        sent.extend_from_slice(&m);
+    }
+    drop(c);
+    server.assert_serves_new_client();
+    // 71 messages: a full part of 64 and a second one, concatenated they are the stream sent.
+    let mut got = std::fs::read(rec.join("conn0-00000.bin")).expect("first part");
+    got.extend(std::fs::read(rec.join("conn0-00001.bin")).expect("second part"));
+    assert_eq!(got, sent);
+    assert!(
+        rec.join("conn1-00000.bin").exists(),
+        "the next connection is recorded too"
+    );
 }

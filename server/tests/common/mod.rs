@@ -91,8 +91,18 @@ impl Server {
     }
 
     pub fn start_at(dir: TempDir, socket: PathBuf, extra: &[&str]) -> Server {
+        Self::start_configured(dir, socket, extra, |_| {})
+    }
+
+    /// Starts the server with its command adjusted by `configure` (environment, limits).
+    pub fn start_configured(
+        dir: TempDir,
+        socket: PathBuf,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let log = dir.0.join("server.log");
-        let child = spawn(&socket, &log, extra);
+        let child = spawn_with(&socket, &log, extra, configure);
         let mut s = Server {
             child: Some(child),
             socket,
@@ -161,6 +171,17 @@ impl Server {
         self.assert_alive();
     }
 
+    /// The server process's resident set size in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("server running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     /// Sends `sig` and waits for the process to exit; returns its exit status.
     pub fn stop(&mut self, sig: libc::c_int) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server already stopped");
@@ -196,9 +217,19 @@ impl Drop for Server {
 }
 
 pub fn spawn(socket: &Path, log: &Path, extra: &[&str]) -> Child {
+    spawn_with(socket, log, extra, |_| {})
+}
+
+pub fn spawn_with(
+    socket: &Path,
+    log: &Path,
+    extra: &[&str],
+    configure: impl FnOnce(&mut Command),
+) -> Child {
     let logf = File::create(log).expect("create log");
-    Command::new(env!("CARGO_BIN_EXE_faultline-server"))
-        .arg("--socket")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faultline-server"));
+    configure(&mut cmd);
+    cmd.arg("--socket")
         .arg(socket)
         .arg("-v")
         .args(extra)
