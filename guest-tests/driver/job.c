@@ -112,6 +112,22 @@ static bool fl_user_range_ok(u64 va, u64 len)
  * fields (status, bytes, result, faults, replays, context, elapsed_ns) are
  * written whenever the job's record was read, and then ap->status != 0.
  */
+/* The job's arguments, checked before anything is bound or queued. */
+static int fl_job_check(const struct fl_ioc_job *a, u64 *slen, u64 *dlen)
+{
+	if (!a->op || a->op >= ARRAY_SIZE(fl_job_opcode) || a->flags ||
+	    a->pattern > FL_JOBPAT_RANDOM || a->engine > 0xff || a->lanes > 0xff ||
+	    a->chunk > U32_MAX || !a->len ||
+	    !fl_zero(a->reserved, ARRAY_SIZE(a->reserved)))
+		return -EINVAL;
+	*slen = a->op == FL_JOBOP_COPY || a->op == FL_JOBOP_CHECKSUM ? a->len : 0;
+	*dlen = a->op != FL_JOBOP_CHECKSUM ? a->len : 0;
+	if ((*slen && !fl_user_range_ok(a->src, *slen)) ||
+	    (*dlen && !fl_user_range_ok(a->dst, *dlen)))
+		return -EFAULT;
+	return 0;
+}
+
 int fl_job_run(struct fl_ctx *ctx, struct fl_ioc_job *ap)
 {
 	struct fl_dev *fl = ctx->fl;
@@ -125,18 +141,9 @@ int fl_job_run(struct fl_ctx *ctx, struct fl_ioc_job *ap)
 	int err, ret, status;
 
 	ap->status = 0;
-	if (!a.op || a.op >= ARRAY_SIZE(fl_job_opcode) || a.flags ||
-	    a.pattern > FL_JOBPAT_RANDOM || a.engine > 0xff || a.lanes > 0xff ||
-	    a.chunk > U32_MAX || !a.len ||
-	    !fl_zero(a.reserved, ARRAY_SIZE(a.reserved)))
-		return -EINVAL;
-	if (a.op == FL_JOBOP_COPY || a.op == FL_JOBOP_CHECKSUM)
-		slen = a.len;
-	if (a.op != FL_JOBOP_CHECKSUM)
-		dlen = a.len;
-	if ((slen && !fl_user_range_ok(a.src, slen)) ||
-	    (dlen && !fl_user_range_ok(a.dst, dlen)))
-		return -EFAULT;
+	err = fl_job_check(&a, &slen, &dlen);
+	if (err)
+		return err;
 
 	fl_orphans_free(fl, false);
 
@@ -224,10 +231,14 @@ long fl_ioc_job(struct fl_file *ff, void __user *uarg)
 {
 	struct fl_ioc_job a;
 	struct fl_ctx *ctx;
+	u64 slen, dlen;
 	int err;
 
 	if (copy_from_user(&a, uarg, sizeof(a)))
 		return -EFAULT;
+	err = fl_job_check(&a, &slen, &dlen);
+	if (err)
+		return err;	/* nothing bound for a malformed job */
 	ctx = fl_file_ctx(ff, true);
 	if (IS_ERR(ctx))
 		return PTR_ERR(ctx);
