@@ -30,6 +30,8 @@
 #   FL_KVER        guest kernel release, e.g. 6.12.95+deb12-amd64 (empty until qemu/setup ran)
 #   FL_BZIMAGE     guest kernel image
 #   FL_KDIR        kbuild dir for out-of-tree modules: make -C "$FL_KDIR" M=DIR PAHOLE="$FL_PAHOLE"
+#   FL_SRCDIR      the parts of the guest kernel's linux-source that hmm-tests needs (qemu/setup
+#                  source stage): lib/test_hmm*, tools/testing/selftests/mm, tools/include, ...
 #   FL_SERVER_BIN  faultline-server built by `cargo build --release` (FAULTLINE_SERVER_BIN overrides)
 #   FL_EXIT_MARKER the guest prints "$FL_EXIT_MARKER <status>" on the serial console when done
 #
@@ -49,9 +51,12 @@ FL_QEMU_PID=''
 FL_KVER=
 FL_BZIMAGE=
 FL_KDIR=
+FL_KERNEL_PKG_VERSION=
+FL_SOURCE_PKG_VERSION=
+FL_SRCDIR=$FL_CACHE/linux-source
 
 # The stage files qemu/setup writes once a stage is complete (shell assignments, versions).
-FL_STAGES=(qemu busybox pahole kernel)
+FL_STAGES=(qemu busybox pahole kernel source)
 
 # _fl_load_env: read the versions and kernel release recorded by qemu/setup, if any.
 _fl_load_env() {
@@ -92,6 +97,8 @@ need_setup() {
     _fl_load_env
     [[ -x $FL_QEMU && -x $FL_PAHOLE && -x $FL_BUSYBOX ]] || return 0
     [[ -n $FL_KVER && -f $FL_BZIMAGE && -f $FL_KDIR/Makefile ]] || return 0
+    [[ -f $FL_SRCDIR/tools/testing/selftests/mm/hmm-tests.c ]] || return 0
+    [[ $FL_SOURCE_PKG_VERSION == "$FL_KERNEL_PKG_VERSION" ]] || return 0
     return 1
 }
 
@@ -149,7 +156,8 @@ build_server() {
 }
 
 # build_guest_tests: if guest-tests/Makefile exists, build it against the guest kernel:
-#   make -C guest-tests KDIR="$FL_KDIR" PAHOLE="$FL_PAHOLE"
+#   make -C guest-tests KDIR="$FL_KDIR" PAHOLE="$FL_PAHOLE" [LINUX_SRC="$FL_SRCDIR"]
+# (LINUX_SRC when qemu/setup's source stage is there: it adds the kernel's hmm-tests.)
 # Contract: it produces guest-tests/build/faultline.ko and static programs in guest-tests/build/bin/.
 # Does nothing (successfully) without a Makefile.
 build_guest_tests() {
@@ -159,8 +167,11 @@ build_guest_tests() {
         fl_warn "no guest kernel headers yet (run qemu/setup)"
         return 1
     }
+    local src=()
+    # The kernel's own hmm-tests (and the driver's check of test_hmm's ABI), when provisioned.
+    if [[ -f $FL_SRCDIR/tools/testing/selftests/mm/hmm-tests.c ]]; then src=(LINUX_SRC="$FL_SRCDIR"); fi
     fl_msg "building guest-tests against $FL_KVER"
-    make -C "$dir" -j"$(nproc)" KDIR="$FL_KDIR" PAHOLE="$FL_PAHOLE"
+    make -C "$dir" -j"$(nproc)" KDIR="$FL_KDIR" PAHOLE="$FL_PAHOLE" "${src[@]}"
 }
 
 # guest_test_files: set GUEST_FILES (array of SRC:DEST for build_initramfs) to whatever

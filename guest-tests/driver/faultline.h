@@ -18,6 +18,8 @@
  *                STATS
  *   benchioc.c   the test-only FL_IOC_MIRROR_BENCH (driver-only mirror rate)
  *   debugfs.c    the counters in /sys/kernel/debug/faultline/<dev>/
+ *   hmm_compat.c /dev/hmm_dmirrorN: the uAPI of the kernel's lib/test_hmm.c,
+ *                served by device jobs, for the kernel's own hmm-tests
  *
  * The device is described in docs/device-spec.md; its registers, commands and
  * structures come from faultline_abi.h. The driver owns, per device, a command
@@ -187,6 +189,10 @@ struct fl_dev {
 	char name[24];
 	char irq_name[FL_MSIX_VECTORS][32];
 	struct miscdevice misc;
+	/* /dev/hmm_dmirrorN (hmm_compat.c); registered and removed with misc */
+	struct miscdevice hmm_misc;
+	char hmm_name[24];
+	bool hmm_registered;
 
 	/* Identity, read once at probe. */
 	u32 hw_id, hw_version, hw_features;
@@ -595,6 +601,7 @@ void fl_ctx_backoff_work(struct work_struct *work);
 
 /* job.c: jobs and the shared-virtual-memory ioctls */
 void fl_orphans_free(struct fl_dev *fl, bool all);
+int fl_job_run(struct fl_ctx *ctx, struct fl_ioc_job *ap);
 long fl_ioc_job(struct fl_file *ff, void __user *uarg);
 long fl_ioc_bind(struct fl_file *ff, void __user *uarg);
 long fl_ioc_snapshot(struct fl_file *ff, void __user *uarg);
@@ -614,5 +621,9 @@ void fl_debugfs_init(void);
 void fl_debugfs_exit(void);
 void fl_debugfs_add(struct fl_dev *fl);
 void fl_debugfs_remove(struct fl_dev *fl);
+/* hmm_compat.c: test_hmm's uAPI as /dev/hmm_dmirrorN (N < FL_HMM_UNITS) */
+#define FL_HMM_UNITS		2	/* test_hmm's units 2, 3 are device-coherent */
+int fl_hmm_register(struct fl_dev *fl);
+void fl_hmm_unregister(struct fl_dev *fl);
 
 #endif /* FAULTLINE_DRV_H */

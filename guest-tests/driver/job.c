@@ -105,37 +105,46 @@ static bool fl_user_range_ok(u64 va, u64 len)
 	return va + len >= va && va + len <= min_t(u64, TASK_SIZE, FL_VA_LIMIT);
 }
 
-long fl_ioc_job(struct fl_file *ff, void __user *uarg)
+/*
+ * Run the job described by @ap on @ctx's address space and wait for it; the
+ * body of FL_IOC_JOB, also called by the test_hmm compatibility layer. The
+ * caller holds fl->io_rwsem for reading and is in the context's mm. @ap's out
+ * fields (status, bytes, result, faults, replays, context, elapsed_ns) are
+ * written whenever the job's record was read, and then ap->status != 0.
+ */
+/* The job's arguments, checked before anything is bound or queued. */
+static int fl_job_check(const struct fl_ioc_job *a, u64 *slen, u64 *dlen)
 {
-	struct fl_dev *fl = ff->fl;
+	if (!a->op || a->op >= ARRAY_SIZE(fl_job_opcode) || a->flags ||
+	    a->pattern > FL_JOBPAT_RANDOM || a->engine > 0xff || a->lanes > 0xff ||
+	    a->chunk > U32_MAX || !a->len ||
+	    !fl_zero(a->reserved, ARRAY_SIZE(a->reserved)))
+		return -EINVAL;
+	*slen = a->op == FL_JOBOP_COPY || a->op == FL_JOBOP_CHECKSUM ? a->len : 0;
+	*dlen = a->op != FL_JOBOP_CHECKSUM ? a->len : 0;
+	if ((*slen && !fl_user_range_ok(a->src, *slen)) ||
+	    (*dlen && !fl_user_range_ok(a->dst, *dlen)))
+		return -EFAULT;
+	return 0;
+}
+
+int fl_job_run(struct fl_ctx *ctx, struct fl_ioc_job *ap)
+{
+	struct fl_dev *fl = ctx->fl;
 	struct fl_completion *rec;
+	struct fl_ioc_job a = *ap;
 	struct fl_request req;
 	struct fl_job_wait w;
-	struct fl_ioc_job a;
-	struct fl_ctx *ctx;
 	dma_addr_t rec_dma;
 	struct fl_cmd cmd;
 	u64 slen = 0, dlen = 0, cseq, t0;
 	int err, ret, status;
 
-	if (copy_from_user(&a, uarg, sizeof(a)))
-		return -EFAULT;
-	if (!a.op || a.op >= ARRAY_SIZE(fl_job_opcode) || a.flags ||
-	    a.pattern > FL_JOBPAT_RANDOM || a.engine > 0xff || a.lanes > 0xff ||
-	    a.chunk > U32_MAX || !a.len ||
-	    !fl_zero(a.reserved, ARRAY_SIZE(a.reserved)))
-		return -EINVAL;
-	if (a.op == FL_JOBOP_COPY || a.op == FL_JOBOP_CHECKSUM)
-		slen = a.len;
-	if (a.op != FL_JOBOP_CHECKSUM)
-		dlen = a.len;
-	if ((slen && !fl_user_range_ok(a.src, slen)) ||
-	    (dlen && !fl_user_range_ok(a.dst, dlen)))
-		return -EFAULT;
+	ap->status = 0;
+	err = fl_job_check(&a, &slen, &dlen);
+	if (err)
+		return err;
 
-	ctx = fl_file_ctx(ff, true);
-	if (IS_ERR(ctx))
-		return PTR_ERR(ctx);
 	fl_orphans_free(fl, false);
 
 	mutex_lock(&ctx->lock);
@@ -214,7 +223,27 @@ long fl_ioc_job(struct fl_file *ff, void __user *uarg)
 		err = -EIO;
 		break;
 	}
-	if (copy_to_user(uarg, &a, sizeof(a)))
+	*ap = a;
+	return err;
+}
+
+long fl_ioc_job(struct fl_file *ff, void __user *uarg)
+{
+	struct fl_ioc_job a;
+	struct fl_ctx *ctx;
+	u64 slen, dlen;
+	int err;
+
+	if (copy_from_user(&a, uarg, sizeof(a)))
+		return -EFAULT;
+	err = fl_job_check(&a, &slen, &dlen);
+	if (err)
+		return err;	/* nothing bound for a malformed job */
+	ctx = fl_file_ctx(ff, true);
+	if (IS_ERR(ctx))
+		return PTR_ERR(ctx);
+	err = fl_job_run(ctx, &a);
+	if (a.status && copy_to_user(uarg, &a, sizeof(a)))
 		return -EFAULT;
 	return err;
 }

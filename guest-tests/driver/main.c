@@ -386,6 +386,11 @@ static int fl_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		dev_err(&pdev->dev, "cannot register /dev/%s: %d\n", fl->name, ret);
 		goto err_hw;
 	}
+	ret = fl_hmm_register(fl);
+	if (ret) {
+		misc_deregister(&fl->misc);
+		goto err_hw;
+	}
 
 	dev_info(&pdev->dev,
 		 "%s: version %u.%u, features %#x, %u contexts, %u engines x %u lanes, %u TLB entries; queue %u entries, MSI-X %u vectors\n",
@@ -422,6 +427,7 @@ static void fl_remove(struct pci_dev *pdev)
 
 	fl_debugfs_remove(fl);
 	misc_deregister(&fl->misc);	/* no new opens */
+	fl_hmm_unregister(fl);
 
 	/*
 	 * Dead, then at once disabled and reset, before waiting for anything:
