@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use log::{debug, info, warn};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
 
 use faultline_mmu::Counters;
 
@@ -48,6 +48,7 @@ use crate::engines::Engine;
 use crate::faults::{Clock, FaultRingHw};
 use crate::msix::Msix;
 use crate::pci::ConfigSpace;
+use crate::remote::{Mem, RemoteSlot};
 use crate::stats::Stats;
 use crate::{abi, GuestMem};
 
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     pub id: Identity,
     /// Guest memory (DMA-mapped regions).
     pub mem: GuestMem,
+    /// Guest memory the client serves (regions mapped without a file descriptor).
+    pub remote: RemoteSlot,
     effects: Mutex<()>,
     generation: AtomicU64,
     /// The register file.
@@ -108,16 +111,16 @@ pub(crate) fn range_ok(mem: &GuestMemoryMmap, base: u64, len: u64) -> bool {
 }
 
 /// Validates a ring: `align`-aligned base, power-of-two size within `min..=max`, inside guest memory.
-fn ring_ok(mem: &GuestMemoryMmap, base: u64, size: u32, entry: u64, min: u32, max: u32) -> bool {
+fn ring_ok(mem: &Mem<'_>, base: u64, size: u32, entry: u64, min: u32, max: u32) -> bool {
     base & (RING_ALIGN - 1) == 0
         && size.is_power_of_two()
         && (min..=max).contains(&size)
-        && range_ok(mem, base, u64::from(size) * entry)
+        && mem.range_ok(base, u64::from(size) * entry)
 }
 
 /// Validates the writeback block: 64-byte aligned and inside guest memory.
-fn wb_ok(mem: &GuestMemoryMmap, wb: u64) -> bool {
-    wb & (abi::WB_SIZE - 1) == 0 && range_ok(mem, wb, abi::WB_SIZE)
+fn wb_ok(mem: &Mem<'_>, wb: u64) -> bool {
+    wb & (abi::WB_SIZE - 1) == 0 && mem.range_ok(wb, abi::WB_SIZE)
 }
 
 /// Name of an `FL_ERR_*` code for logs.
@@ -141,6 +144,7 @@ impl Shared {
         Shared {
             id,
             mem,
+            remote: RemoteSlot::default(),
             effects: Mutex::new(()),
             generation: AtomicU64::new(0),
             regs: Mutex::new(Regs::default()),
@@ -188,6 +192,13 @@ impl Shared {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Runs `f` on a snapshot of guest memory: the mapped regions and the client-served ones.
+    pub(crate) fn with_mem<R>(&self, f: impl FnOnce(Mem<'_>) -> R) -> R {
+        let local = self.mem.memory();
+        let remote = self.remote.get();
+        f(Mem::new(&local, remote.as_ref()))
+    }
+
     /// Takes the effects lock if the generation is still `gen`; `None` means the caller's queue is gone.
     pub(crate) fn effects(&self, gen: u64) -> Option<Effects<'_>> {
         let guard = lock(&self.effects);
@@ -208,6 +219,19 @@ impl Shared {
     /// Everything a reset of any kind does besides configuration space and MSI-X: new generation, registers
     /// and counters to defaults, fault ring disabled, clock restarted, jobs aborted, contexts unbound.
     fn reset_device(&self, fx: &Effects<'_>) {
+        // Lanes pinned in a client-served access would hold the reset up until their reply: fail
+        // those accesses now, and refuse new ones until the old jobs are gone.
+        let remote = self.remote.get();
+        if let Some(r) = &remote {
+            r.suspend();
+        }
+        self.reset_device_inner(fx);
+        if let Some(r) = &remote {
+            r.resume();
+        }
+    }
+
+    fn reset_device_inner(&self, fx: &Effects<'_>) {
         let before = self.counters();
         let mut regs = lock(&self.regs);
         self.bump(fx, &mut regs);
@@ -255,7 +279,10 @@ impl Shared {
     /// and `FL_STATUS_ERROR`, stops the queue (new generation), writes `FL_WB_ERROR` if the writeback block
     /// is usable, and raises `FL_VEC_ERROR`.
     pub(crate) fn fail(&self, fx: &Effects<'_>, code: u32, info: u32) {
-        let mem = self.mem.memory();
+        self.with_mem(|mem| self.fail_in(fx, &mem, code, info));
+    }
+
+    fn fail_in(&self, fx: &Effects<'_>, mem: &Mem<'_>, code: u32, info: u32) {
         let mut regs = lock(&self.regs);
         if regs.error != abi::ERR_NONE {
             return;
@@ -265,7 +292,7 @@ impl Shared {
         self.bump(fx, &mut regs);
         let wb = match regs.cq {
             Some(q) => Some(q.wb),
-            None => Some(regs.wb).filter(|&wb| wb_ok(&mem, wb)),
+            None => Some(regs.wb).filter(|&wb| wb_ok(mem, wb)),
         };
         drop(regs);
         warn!(
@@ -273,7 +300,7 @@ impl Shared {
             error_name(code)
         );
         if let Some(wb) = wb {
-            if let Err(e) = mem.store(code, GuestAddress(wb + abi::WB_ERROR), Ordering::Release) {
+            if let Err(e) = mem.store_u32(wb + abi::WB_ERROR, code) {
                 warn!("cannot write FL_WB_ERROR at {wb:#x}: {e}");
             }
         }
@@ -307,14 +334,10 @@ impl Shared {
             q.completed = completed;
             q.wb
         };
-        let mem = self.mem.memory();
-        let stored = mem
-            .store(
-                completed,
-                GuestAddress(wb + abi::WB_COMPLETED),
-                Ordering::Release,
-            )
-            .and_then(|()| mem.store(head, GuestAddress(wb + abi::WB_CQ_HEAD), Ordering::Release));
+        let stored = self.with_mem(|mem| {
+            mem.store_u64(wb + abi::WB_COMPLETED, completed)
+                .and_then(|()| mem.store_u32(wb + abi::WB_CQ_HEAD, head))
+        });
         if let Err(e) = stored {
             warn!("cannot write the writeback block at {wb:#x}: {e}");
             self.fail(&fx, abi::ERR_WB_CONFIG, head);
@@ -379,13 +402,15 @@ impl Shared {
                     warn!("CQ enable ignored: device in error state, reset first");
                     return;
                 }
-                let mem = self.mem.memory();
+                let local = self.mem.memory();
+                let remote = self.remote.get();
+                let mem = Mem::new(&local, remote.as_ref());
                 let (base, size, wb) = (regs.cq_base, regs.cq_size, regs.wb);
                 let code = ring_config_error(&mem, base, size, wb, &CQ_RING);
                 if code != abi::ERR_NONE {
                     drop(regs);
                     warn!("CQ enable: base {base:#x} size {size} writeback {wb:#x} rejected");
-                    self.fail(&fx, code, 0);
+                    self.fail_in(&fx, &mem, code, 0);
                     return;
                 }
                 self.bump(&fx, &mut regs);
@@ -400,19 +425,11 @@ impl Shared {
                 drop(regs);
                 info!("command queue enabled: base {base:#x} size {size} writeback {wb:#x}");
                 let init = mem
-                    .store(
-                        0u64,
-                        GuestAddress(wb + abi::WB_COMPLETED),
-                        Ordering::Release,
-                    )
-                    .and_then(|()| {
-                        mem.store(0u32, GuestAddress(wb + abi::WB_ERROR), Ordering::Release)
-                    })
-                    .and_then(|()| {
-                        mem.store(0u32, GuestAddress(wb + abi::WB_CQ_HEAD), Ordering::Release)
-                    });
+                    .store_u64(wb + abi::WB_COMPLETED, 0)
+                    .and_then(|()| mem.store_u32(wb + abi::WB_ERROR, 0))
+                    .and_then(|()| mem.store_u32(wb + abi::WB_CQ_HEAD, 0));
                 if init.is_err() {
-                    self.fail(&fx, abi::ERR_WB_CONFIG, 0);
+                    self.fail_in(&fx, &mem, abi::ERR_WB_CONFIG, 0);
                 }
             }
             (true, false) => {
@@ -434,7 +451,9 @@ impl Shared {
                     warn!("fault ring enable ignored: device in error state, reset first");
                     return;
                 }
-                let mem = self.mem.memory();
+                let local = self.mem.memory();
+                let remote = self.remote.get();
+                let mem = Mem::new(&local, remote.as_ref());
                 let (base, size, wb) = (regs.fr_base, regs.fr_size, regs.wb);
                 let code = ring_config_error(&mem, base, size, wb, &FAULT_RING);
                 if code != abi::ERR_NONE {
@@ -442,7 +461,7 @@ impl Shared {
                     warn!(
                         "fault ring enable: base {base:#x} size {size} writeback {wb:#x} rejected"
                     );
-                    self.fail(&fx, code, 0);
+                    self.fail_in(&fx, &mem, code, 0);
                     return;
                 }
                 if self.faults.enable(base, size, wb, regs.fr_irq_delay) {
@@ -484,7 +503,7 @@ const FAULT_RING: RingKind = RingKind {
 
 /// The error enabling a ring of `kind` at `base` with `size` entries and writeback block `wb` reports, or
 /// `ERR_NONE` when both lie in guest memory with valid geometry.
-fn ring_config_error(mem: &GuestMemoryMmap, base: u64, size: u32, wb: u64, kind: &RingKind) -> u32 {
+fn ring_config_error(mem: &Mem<'_>, base: u64, size: u32, wb: u64, kind: &RingKind) -> u32 {
     if !ring_ok(mem, base, size, kind.entry, kind.min, kind.max) {
         kind.error
     } else if !wb_ok(mem, wb) {
@@ -525,6 +544,10 @@ mod tests {
         assert!(range_ok(&mem, 0x20000, 0x1000));
         assert!(!range_ok(&mem, u64::MAX, 2));
         assert!(!range_ok(&mem, 0x30000, 1));
+        let mem = Mem {
+            local: &mem,
+            remote: None,
+        };
         assert!(ring_ok(&mem, 0x1000, 64, abi::CMD_SIZE, 2, 65536));
         assert!(!ring_ok(&mem, 0x1040, 64, abi::CMD_SIZE, 2, 65536));
         assert!(!ring_ok(&mem, 0x1000, 48, abi::CMD_SIZE, 2, 65536));
