@@ -243,7 +243,7 @@ fn fdless_region_is_read_and_written_through_dma_messages() {
 fn bad_replies_fail_the_access_cleanly() {
     let mut server = Server::start("fdless-bad");
     let mut g = Guest::setup(&server);
-    let mut case = |g: &mut Guest, what: &str, bad: &dyn Fn(&mut Guest, &Request)| {
+    let case = |g: &mut Guest, what: &str, bad: &dyn Fn(&mut Guest, &Request)| {
         g.job(abi::OP_JOB_COPY, BUF_IOVA, BUF_IOVA + 0x10000, 0x1000, 0, 1);
         let r = g
             .next_request(TIMEOUT)
