@@ -219,19 +219,6 @@ impl Shared {
     /// Everything a reset of any kind does besides configuration space and MSI-X: new generation, registers
     /// and counters to defaults, fault ring disabled, clock restarted, jobs aborted, contexts unbound.
     fn reset_device(&self, fx: &Effects<'_>) {
-        // Lanes pinned in a client-served access would hold the reset up until their reply: fail
-        // those accesses now, and refuse new ones until the old jobs are gone.
-        let remote = self.remote.get();
-        if let Some(r) = &remote {
-            r.suspend();
-        }
-        self.reset_device_inner(fx);
-        if let Some(r) = &remote {
-            r.resume();
-        }
-    }
-
-    fn reset_device_inner(&self, fx: &Effects<'_>) {
         let before = self.counters();
         let mut regs = lock(&self.regs);
         self.bump(fx, &mut regs);
@@ -248,24 +235,30 @@ impl Shared {
     /// `FL_CTRL_RESET`: queues disabled, registers and counters to defaults, jobs aborted, worker idle.
     /// Configuration space and MSI-X are untouched.
     pub(crate) fn reset_registers(&self) {
-        let fx = self.effects_any();
-        self.reset_device(&fx);
-        drop(fx);
+        self.without_remote(|| {
+            let fx = self.effects_any();
+            self.reset_device(&fx);
+        });
         self.wake.notify_all();
     }
 
     /// Function reset (vfio-user DEVICE_RESET, PCIe FLR): registers, configuration space and MSI-X.
     pub(crate) fn reset_function(&self) {
-        let fx = self.effects_any();
-        self.reset_device(&fx);
-        lock(&self.config).reset();
-        lock(&self.msix).reset();
-        drop(fx);
+        self.without_remote(|| {
+            let fx = self.effects_any();
+            self.reset_device(&fx);
+            lock(&self.config).reset();
+            lock(&self.msix).reset();
+        });
         self.wake.notify_all();
     }
 
     /// Stops the worker for good.
     pub(crate) fn request_shutdown(&self) {
+        // No resume: the device stops for good.
+        if let Some(r) = self.remote.get() {
+            r.suspend();
+        }
         let fx = self.effects_any();
         let mut regs = lock(&self.regs);
         self.bump(&fx, &mut regs);
@@ -347,6 +340,22 @@ impl Shared {
             lock(&self.msix).signal(abi::VEC_QUEUE);
         }
         true
+    }
+
+    /// Runs `f` (a reset) with client-served accesses failed and refused: a device thread may hold
+    /// `effects` or a lane pin while it waits for the client's reply, and the client (QEMU) may be
+    /// waiting, with its own lock held, for the very reply the caller (the socket thread) sends
+    /// after the reset. Suspending first means the reset never waits for the client.
+    fn without_remote<R>(&self, f: impl FnOnce() -> R) -> R {
+        let remote = self.remote.get();
+        if let Some(r) = &remote {
+            r.suspend();
+        }
+        let out = f();
+        if let Some(r) = &remote {
+            r.resume();
+        }
+        out
     }
 
     /// Carries out a BAR0 register write (socket thread; never waits for the worker's batch).

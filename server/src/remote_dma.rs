@@ -23,10 +23,10 @@
 //!
 //! # Wire format
 //!
-//! QEMU 10.1+ (`hw/vfio-user/protocol.h`, `VFIOUserDMARW`) lays the payload out as
-//! `u64 offset; u32 count; u8 data[]`, data at byte 12 of the payload, and sizes the message as
-//! `count + sizeof(VFIOUserDMARW)` (32 bytes of header and fields, with 4 bytes of padding that
-//! end up after the data). This module speaks that layout, the one of the client it serves.
+//! The spec's `struct vfio_user_dma_region_access`: `u64 address; u64 count; u8 data[]` after the
+//! header, data at byte 32 of the message (requests of DMA_WRITE and replies of DMA_READ carry
+//! it). QEMU 11.1.3 speaks this layout (observed: an early QEMU patch series declared `count` as
+//! a `u32` with data at byte 28; QEMU 11.1.3 refuses such writes with E2BIG).
 //!
 //! # Unmap
 //!
@@ -50,9 +50,9 @@ use crate::protocol::{Header, FLAG_ERROR, HEADER_SIZE, MAX_DATA_XFER_SIZE, TYPE_
 pub const CMD_DMA_READ: u16 = 11;
 /// Command number of DMA_WRITE.
 pub const CMD_DMA_WRITE: u16 = 12;
-/// Bytes of the request/reply before the data: header, `u64 offset`, `u32 count`.
-pub const DMA_RW_DATA_OFFSET: usize = HEADER_SIZE + 12;
-/// `sizeof(VFIOUserDMARW)`: the message size without data (4 bytes of padding included).
+/// Bytes of the request/reply before the data: header, `u64 address`, `u64 count`.
+pub const DMA_RW_DATA_OFFSET: usize = HEADER_SIZE + 16;
+/// The message size without data.
 pub const DMA_RW_SIZE: usize = HEADER_SIZE + 16;
 /// How long a device thread waits for one reply by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -345,7 +345,9 @@ impl DmaChannel {
             if st.closed {
                 return Err(RemoteDmaError::Cancelled("client disconnected"));
             }
-            if st.suspended > 0 {
+            // During a reset only the socket thread's writes (records of aborted jobs) go out:
+            // they wait for nothing.
+            if st.suspended > 0 && !posted {
                 return Err(RemoteDmaError::Cancelled("device reset"));
             }
             if st.pending.len() >= usize::from(u16::MAX) {
@@ -401,7 +403,7 @@ impl DmaChannel {
     }
 }
 
-/// Encodes a DMA_READ (no data) or DMA_WRITE request in QEMU's `VFIOUserDMARW` layout.
+/// Encodes a DMA_READ (no data) or DMA_WRITE request.
 fn encode_request(id: u16, command: u16, offset: u64, count: u32, data: Option<&[u8]>) -> Vec<u8> {
     let data_len = data.map_or(0, <[u8]>::len);
     let size = DMA_RW_SIZE + data_len;
@@ -415,11 +417,10 @@ fn encode_request(id: u16, command: u16, offset: u64, count: u32, data: Option<&
     }
     .write_to(&mut out);
     out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&u64::from(count).to_le_bytes());
     if let Some(d) = data {
         out.extend_from_slice(d);
     }
-    out.resize(size, 0);
     out
 }
 
@@ -453,10 +454,9 @@ fn check_reply(p: &Pending, hdr: &Header, payload: &[u8]) -> Result<Vec<u8>, Rem
     let mut f = [0u8; 8];
     f.copy_from_slice(&payload[..8]);
     let offset = u64::from_le_bytes(f);
-    let mut c = [0u8; 4];
-    c.copy_from_slice(&payload[8..12]);
-    let rcount = u32::from_le_bytes(c);
-    if offset != p.offset || rcount != p.count {
+    f.copy_from_slice(&payload[8..16]);
+    let rcount = u64::from_le_bytes(f);
+    if offset != p.offset || rcount != u64::from(p.count) {
         return Err(RemoteDmaError::BadReply(format!(
             "DMA_READ reply for {offset:#x}+{rcount:#x}, asked {:#x}+{:#x}",
             p.offset, p.count
@@ -549,18 +549,17 @@ mod tests {
         for m in c.take_outbox() {
             let hdr = Header::parse(&m).unwrap();
             let off = u64::from_le_bytes(m[16..24].try_into().unwrap()) as usize - 0x10000;
-            let count = u32::from_le_bytes(m[24..28].try_into().unwrap()) as usize;
+            let count = u64::from_le_bytes(m[24..32].try_into().unwrap()) as usize;
             let reply_hdr = Header {
                 flags: crate::protocol::TYPE_REPLY,
                 ..hdr
             };
             if hdr.command == CMD_DMA_READ {
-                let mut p = m[16..28].to_vec();
+                let mut p = m[16..32].to_vec();
                 p.extend_from_slice(&mem[off..off + count]);
-                p.extend_from_slice(&[0; 4]);
                 c.complete(&reply_hdr, &p);
             } else {
-                mem[off..off + count].copy_from_slice(&m[28..28 + count]);
+                mem[off..off + count].copy_from_slice(&m[32..32 + count]);
                 c.complete(&reply_hdr, &[]);
             }
             n += 1;

@@ -1,7 +1,7 @@
 //! Guest memory mapped without a file descriptor (QEMU without a shared memory backend): the
 //! device reaches it through server→client DMA_READ/DMA_WRITE messages, which this test's client
-//! serves from its own buffer, the way QEMU does (`VFIOUserDMARW`: `u64 offset; u32 count;`, data
-//! at byte 28, message size `count + 32`). Bad replies fail the access cleanly; a client that
+//! serves from its own buffer, the way QEMU does (`u64 address; u64 count; data[]`, data at byte
+//! 32 of the message). Bad replies fail the access cleanly; a client that
 //! leaves with requests outstanding wakes every waiting lane at once.
 
 mod common;
@@ -131,7 +131,7 @@ impl Guest {
         std::io::Read::read_exact(&mut self.c.s, &mut p).expect("request payload");
         let flags = u32_at(&h, 8);
         assert_eq!(flags & 0xf, 0, "a command");
-        let count = u32_at(&p, 8);
+        let count = u64_at(&p, 8) as u32;
         let command = u16::from_ne_bytes([h[2], h[3]]);
         let data = if command == DMA_WRITE {
             count as usize
@@ -145,7 +145,7 @@ impl Guest {
             offset: u64_at(&p, 0),
             count,
             data: if command == DMA_WRITE {
-                p[12..12 + count as usize].to_vec()
+                p[16..16 + count as usize].to_vec()
             } else {
                 Vec::new()
             },
@@ -164,9 +164,8 @@ impl Guest {
             assert_eq!(r.command, DMA_READ);
             let mut p = Vec::with_capacity(16 + n);
             p.extend_from_slice(&r.offset.to_le_bytes());
-            p.extend_from_slice(&r.count.to_le_bytes());
+            p.extend_from_slice(&u64::from(r.count).to_le_bytes());
             p.extend_from_slice(&self.mem[at..at + n]);
-            p.extend_from_slice(&[0u8; 4]);
             let m = message(r.id, DMA_READ, 1, &p);
             self.c.send_bytes(&m, &[]);
         }
@@ -270,7 +269,7 @@ fn bad_replies_fail_the_access_cleanly() {
     };
     let fields = |r: &Request| {
         let mut p = r.offset.to_le_bytes().to_vec();
-        p.extend_from_slice(&r.count.to_le_bytes());
+        p.extend_from_slice(&u64::from(r.count).to_le_bytes());
         p
     };
     case(&mut g, "error reply", &|g, r| {
@@ -283,8 +282,8 @@ fn bad_replies_fail_the_access_cleanly() {
     });
     case(&mut g, "reply for another range", &|g, r| {
         let mut p = (r.offset + 8).to_le_bytes().to_vec();
-        p.extend_from_slice(&r.count.to_le_bytes());
-        p.extend(std::iter::repeat_n(0u8, r.count as usize + 4));
+        p.extend_from_slice(&u64::from(r.count).to_le_bytes());
+        p.extend(std::iter::repeat_n(0u8, r.count as usize));
         reply(g, r, r.id, 1, 0, &p)
     });
     case(&mut g, "reply with another command", &|g, r| {
@@ -293,7 +292,7 @@ fn bad_replies_fail_the_access_cleanly() {
     });
     let waited = case(&mut g, "wrong id, then silence", &|g, r| {
         let mut p = fields(r);
-        p.extend(std::iter::repeat_n(0u8, r.count as usize + 4));
+        p.extend(std::iter::repeat_n(0u8, r.count as usize));
         reply(g, r, r.id.wrapping_add(1000), 1, 0, &p)
     });
     assert!(
