@@ -14,8 +14,16 @@
 //! DMA_UNMAP replies only once the device no longer references the removed mapping (the spec's
 //! rule). When a device snapshot still holds it, the reply is *deferred*: a short-lived drain
 //! thread waits for the snapshots to go (each covers at most one 64 KiB access window) and signals
-//! an eventfd the event loop watches; meanwhile the connection reads no further message, so
-//! commands stay in order, and the socket thread keeps serving signals. Replies are queued and written as the socket accepts them
+//! an eventfd the event loop watches; meanwhile the connection handles no further command, so
+//! commands stay in order (it keeps reading replies to its own DMA_READ/DMA_WRITE requests, which
+//! the accesses holding the mapping may be waiting for), and the socket thread keeps serving
+//! signals.
+//!
+//! Server→client requests (`remote_dma.rs`) are queued by device threads and moved into the
+//! output by the event loop (woken through the channel's eventfd), always ahead of the reply to
+//! the command being handled; replies from the client are matched there by id.
+//!
+//! Replies are queued and written as the socket accepts them
 //! (EPOLLOUT); while a lot of output is queued the connection stops reading, so a client that
 //! does not read its replies cannot make the server buffer without bound.
 

@@ -373,6 +373,13 @@ impl DmaChannel {
         let mut done = p.done.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = done.take() {
+                drop(done);
+                // Cancelled (reset, unmap) rather than answered: forget the id, so a late reply
+                // is dropped as unknown.
+                let mut st = self.state();
+                if st.pending.get(&id).is_some_and(|q| Arc::ptr_eq(q, &p)) {
+                    st.pending.remove(&id);
+                }
                 return r;
             }
             let now = Instant::now();

@@ -349,3 +349,49 @@ fn disconnect_with_requests_outstanding_wakes_every_lane() {
     );
     server.assert_alive();
 }
+
+#[test]
+fn unmap_waits_for_accesses_in_flight_and_none_follows_its_reply() {
+    let mut server = Server::start("fdless-unmap");
+    let mut g = Guest::setup(&server);
+    g.job(abi::OP_JOB_FILL, 0, BUF_IOVA, BUF, 0x77, 4);
+    // Leave the first requests unanswered, then unmap the region under them.
+    let first = g.next_request(TIMEOUT).expect("a request");
+    assert_eq!(first.command, DMA_WRITE);
+    let id =
+        g.c.send(DMA_UNMAP, 0, &dma_unmap_payload(0, BUF_IOVA, BUF), &[]);
+    // Until the reply, requests may still come (accesses that had their region already): answer
+    // them. Then no request may follow.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        assert!(Instant::now() < deadline, "no DMA_UNMAP reply");
+        let r = g.c.recv();
+        if r.flags & 0xf == 1 {
+            assert_eq!(r.id, id, "reply id");
+            assert_eq!(r.flags & 0x20, 0, "DMA_UNMAP failed: errno {}", r.error);
+            break;
+        }
+        let command = r.command;
+        assert!(command == DMA_WRITE || command == DMA_READ);
+        let req = Request {
+            id: r.id,
+            command,
+            offset: u64_at(&r.payload, 0),
+            count: u64_at(&r.payload, 8) as u32,
+            data: r.payload[16..].to_vec(),
+        };
+        g.answer(&req);
+    }
+    assert!(
+        g.next_request(Duration::from_millis(300)).is_none(),
+        "a device access to the region after the DMA_UNMAP reply"
+    );
+    assert!(
+        wait_until(TIMEOUT, || g.status() != 0),
+        "job never completed"
+    );
+    assert_eq!(g.status(), abi::JOB_DMA_ERROR);
+    assert_eq!(g.c.read32(BAR0, abi::REG_ID), abi::ID_MAGIC);
+    drop(g);
+    server.assert_serves_new_client();
+}
