@@ -11,12 +11,16 @@
 //! `commands.rs` (MMU, replay/cancel, jobs).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::remote::Mem;
 use log::{debug, trace};
 
 use crate::abi;
 use crate::shared::{lock, Shared};
+
+/// Longest a batch runs without publishing its head (see `Worker::run_batch`).
+const PUBLISH_EVERY: Duration = Duration::from_millis(2);
 
 /// A command entry, decoded from its 64 little-endian bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -196,6 +200,10 @@ impl Worker {
         };
         let (mut head, mut completed) = (b.head, b.completed);
         trace!("batch {head}..{}", b.tail);
+        // A long batch publishes its progress now and then: with guest memory the client serves
+        // (DMA_READ per command) a batch of a thousand commands takes long enough for a driver
+        // to miss the head passing a fence it already saw.
+        let mut published = Instant::now();
         while head != b.tail {
             if shared.generation() != b.gen {
                 return;
@@ -208,8 +216,16 @@ impl Worker {
                     head = head.wrapping_add(1);
                     completed = completed.wrapping_add(1);
                     shared.stats.add(abi::STAT_COMMANDS, 1);
-                    if done.irq && !shared.publish(b.gen, head, completed, true) {
-                        return;
+                    if done.irq {
+                        if !shared.publish(b.gen, head, completed, true) {
+                            return;
+                        }
+                        published = Instant::now();
+                    } else if completed % 16 == 0 && published.elapsed() >= PUBLISH_EVERY {
+                        if !shared.publish(b.gen, head, completed, false) {
+                            return;
+                        }
+                        published = Instant::now();
                     }
                 }
                 Err(CmdError::Queue(code)) => {
