@@ -289,6 +289,12 @@ impl Device {
         self.shared.reset_function();
     }
 
+    /// Serves guest memory the client mapped without a file descriptor through `remote` (vfio-user
+    /// DMA_READ/DMA_WRITE): every device access that misses the mapped regions falls back to it.
+    pub fn set_remote_dma(&self, remote: Arc<dyn crate::RemoteDma>) {
+        self.shared.remote.set(remote);
+    }
+
     /// The `FL_STAT_COUNT` counters of spec section 7 (index = `FL_STAT_*`), since the last reset.
     pub fn stats(&self) -> Vec<u64> {
         self.shared.counters().to_vec()

@@ -44,14 +44,15 @@ use faultline_mmu::{
     StallKey, StallOutcome, StallTable, TlbConfig, TranslateError,
 };
 use log::{debug, warn};
-use vm_memory::{GuestAddressSpace, GuestMemoryMmap, VolatileMemory};
+use vm_memory::{GuestAddressSpace, VolatileMemory};
 
 use crate::faults::PostResult;
 use crate::jobs::{
     sat16, Decoded, Job, Op, QueueError, Record, FNV_OFFSET, MAX_DIGEST_BYTES, MAX_OUTSTANDING_JOBS,
 };
 use crate::mmu_glue::{slice_at, GuestPhys};
-use crate::shared::{lock, range_ok, Shared};
+use crate::remote::Mem;
+use crate::shared::{lock, Shared};
 use crate::{abi, DeviceConfig};
 
 /// Most bytes moved under one translation guard: bounds how long an invalidation or a reset waits for a
@@ -208,10 +209,10 @@ impl Engine {
     pub(crate) fn submit(
         &self,
         shared: &Shared,
-        mem: &GuestMemoryMmap,
+        mem: &Mem<'_>,
         d: &Decoded,
     ) -> Result<(), QueueError> {
-        if !range_ok(mem, d.spec.record, abi::COMPL_SIZE) {
+        if !mem.range_ok(d.spec.record, abi::COMPL_SIZE) {
             debug!(
                 "job seq {}: completion record {:#x} outside guest memory",
                 d.spec.seq, d.spec.record
@@ -290,7 +291,7 @@ impl Engine {
             let faults = job.faults.load(Ordering::Relaxed);
             crate::trace::job_end(job.id, job.spec.seq, status, faults);
         }
-        match rec.write(&shared.mem.memory(), job.spec.record) {
+        match shared.with_mem(|mem| rec.write(&mem, job.spec.record)) {
             Ok(()) => {
                 if job.spec.irq && status != abi::JOB_ABORTED {
                     lock(&shared.msix).signal(abi::VEC_QUEUE);
@@ -535,9 +536,11 @@ impl LaneRun<'_> {
             if self.job.should_stop() {
                 return false;
             }
-            let mem = self.shared.mem.memory();
-            let (moved, step) = self.window(&mem, off, end, &mut hash);
-            drop(mem);
+            let local = self.shared.mem.memory();
+            let remote = self.shared.remote.get();
+            let (moved, step) =
+                self.window(&Mem::new(&local, remote.as_ref()), off, end, &mut hash);
+            drop(local);
             off += moved;
             self.job.bytes.fetch_add(moved, Ordering::Relaxed);
             let go_on = match step {
@@ -580,13 +583,7 @@ impl LaneRun<'_> {
     /// the job was not aborted (a reset that began before the pin is seen here; one that begins after waits
     /// for the pin), then segment after segment, each under its own translation. Returns the bytes moved and
     /// why it stopped early, if it did. The pin is dropped before returning, so the caller may stall.
-    fn window(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        off: u64,
-        end: u64,
-        hash: &mut u64,
-    ) -> (u64, Option<Step>) {
+    fn window(&mut self, mem: &Mem<'_>, off: u64, end: u64, hash: &mut u64) -> (u64, Option<Step>) {
         let _pin = match self.lane.pin(self.job.spec.ctx) {
             Ok(p) => p,
             Err(e) => return (0, Some(Step::Fail(failure_status(e.job_failure())))),
@@ -607,15 +604,10 @@ impl LaneRun<'_> {
 
     /// Moves the bytes from `off` up to the first page boundary of any operand or `end`; returns how many.
     /// The lane is pinned ([`LaneRun::window`]).
-    fn segment(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        off: u64,
-        end: u64,
-        hash: &mut u64,
-    ) -> Result<u64, Step> {
+    fn segment(&mut self, full: &Mem<'_>, off: u64, end: u64, hash: &mut u64) -> Result<u64, Step> {
         let spec = self.job.spec;
-        let phys = GuestPhys(mem);
+        let mem = full.local;
+        let phys = GuestPhys(mem, full.remote);
         let max = end - off;
         let dma = Step::Fail(abi::JOB_DMA_ERROR);
         let (sva, dva) = (spec.src.wrapping_add(off), spec.dst.wrapping_add(off));
@@ -625,6 +617,9 @@ impl LaneRun<'_> {
                 let d = Self::translate(self.lane, ctx, dva, AccessType::Write, &phys)?;
                 let n = max.min(d.bytes_to_page_end(dva));
                 let pa = d.pa(dva);
+                if !full.is_local(pa, n) {
+                    return self.remote_segment(full, spec.op, 0, pa, n, hash);
+                }
                 let buf = &mut self.scratch[..];
                 buf.fill(byte);
                 let mut done = 0;
@@ -643,6 +638,9 @@ impl LaneRun<'_> {
                     .min(s.bytes_to_page_end(sva))
                     .min(d.bytes_to_page_end(dva));
                 let (spa, dpa) = (s.pa(sva), d.pa(dva));
+                if !full.is_local(spa, n) || !full.is_local(dpa, n) {
+                    return self.remote_segment(full, spec.op, spa, dpa, n, hash);
+                }
                 let mut done = 0;
                 while done < n {
                     let from = slice_at(mem, spa + done, (n - done) as usize).ok_or(dma)?;
@@ -657,6 +655,9 @@ impl LaneRun<'_> {
                 let s = Self::translate(self.lane, ctx, sva, AccessType::Read, &phys)?;
                 let n = max.min(s.bytes_to_page_end(sva));
                 let pa = s.pa(sva);
+                if !full.is_local(pa, n) {
+                    return self.remote_segment(full, spec.op, pa, 0, n, hash);
+                }
                 let buf = &mut self.scratch[..];
                 let mut done = 0;
                 let mut h = *hash;
@@ -674,6 +675,9 @@ impl LaneRun<'_> {
                 let d = Self::translate(self.lane, ctx, dva, AccessType::Atomic, &phys)?;
                 let n = max.min(d.bytes_to_page_end(dva));
                 let pa = d.pa(dva);
+                if !full.is_local(pa, n) {
+                    return self.remote_segment(full, spec.op, 0, pa, n, hash);
+                }
                 let mut done = 0u64;
                 let bytes = &self.job.bytes;
                 let partial = |done: u64| {
@@ -699,6 +703,63 @@ impl LaneRun<'_> {
                 Ok(n)
             }
         }
+    }
+
+    /// [`LaneRun::segment`] over memory the client serves (or a range mixing it with mapped memory):
+    /// the bytes go through the scratch buffer, one read or write message at a time. All or nothing:
+    /// a failed access fails the job with `FL_JOB_DMA_ERROR` (an ATOMIC_ADD may then have updated a
+    /// prefix; those words are counted, as on the mapped path).
+    fn remote_segment(
+        &mut self,
+        mem: &Mem<'_>,
+        op: Op,
+        spa: u64,
+        dpa: u64,
+        n: u64,
+        hash: &mut u64,
+    ) -> Result<u64, Step> {
+        let dma = Step::Fail(abi::JOB_DMA_ERROR);
+        let mut done = 0u64;
+        let mut h = *hash;
+        while done < n {
+            let want = (n - done).min(self.scratch.len() as u64) as usize;
+            let buf = &mut self.scratch[..want];
+            match op {
+                Op::Fill(byte) => {
+                    buf.fill(byte);
+                    mem.write(dpa + done, buf).map_err(|_| dma)?;
+                }
+                Op::Copy => {
+                    mem.read(spa + done, buf).map_err(|_| dma)?;
+                    mem.write(dpa + done, buf).map_err(|_| dma)?;
+                }
+                Op::Checksum => {
+                    mem.read(spa + done, buf).map_err(|_| dma)?;
+                    h = crate::jobs::fnv1a(h, buf);
+                }
+                Op::AtomicAdd(addend) => {
+                    let fail = |d: u64| {
+                        self.job.bytes.fetch_add(d, Ordering::Relaxed);
+                        dma
+                    };
+                    if !want.is_multiple_of(8) {
+                        return Err(fail(done));
+                    }
+                    mem.read(dpa + done, buf).map_err(|_| fail(done))?;
+                    for w in buf.chunks_exact_mut(8) {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(w);
+                        w.copy_from_slice(
+                            &u64::from_le_bytes(b).wrapping_add(addend).to_le_bytes(),
+                        );
+                    }
+                    mem.write(dpa + done, buf).map_err(|_| fail(done))?;
+                }
+            }
+            done += want as u64;
+        }
+        *hash = h;
+        Ok(n)
     }
 
     /// Stalls on a fault (no guard held): registers, posts the entry, waits. True: retry the access.
@@ -780,7 +841,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::Mutex;
 
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
     use super::*;
     use crate::{region, Device, InterruptSink};

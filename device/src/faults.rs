@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use faultline_mmu::{fault, Counters, FaultEntry, FaultRing, IrqAction, PostOutcome};
 use log::{debug, warn};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::GuestAddressSpace;
+
+use crate::remote::Mem;
 
 use crate::abi;
 use crate::shared::{lock, Shared};
@@ -210,7 +212,9 @@ impl FaultRingHw {
         let Some(a) = st.active.as_mut() else {
             return PostResult::NoRing;
         };
-        let mem = shared.mem.memory();
+        let local = shared.mem.memory();
+        let remote = shared.remote.get();
+        let mem = Mem::new(&local, remote.as_ref());
         let outcome = a.ring.post(entry.timestamp);
         let written = match outcome {
             PostOutcome::Posted { slot, irq, .. } => {
@@ -279,13 +283,11 @@ impl FaultRingHw {
 }
 
 /// Writes the body of `entry` at `gpa`, then its info word with release order. `Err` carries the GPA.
-fn write_entry(mem: &GuestMemoryMmap, gpa: u64, entry: &FaultEntry) -> Result<(), u64> {
-    mem.write_slice(&entry.encode_body(), GuestAddress(gpa))
-        .map_err(|_| gpa)?;
+fn write_entry(mem: &Mem<'_>, gpa: u64, entry: &FaultEntry) -> Result<(), u64> {
+    mem.write(gpa, &entry.encode_body()).map_err(|_| gpa)?;
     store_u32(mem, gpa + fault::FAULT_OFF_INFO, entry.info())
 }
 
-fn store_u32(mem: &GuestMemoryMmap, gpa: u64, val: u32) -> Result<(), u64> {
-    mem.store(val, GuestAddress(gpa), Ordering::Release)
-        .map_err(|_| gpa)
+fn store_u32(mem: &Mem<'_>, gpa: u64, val: u32) -> Result<(), u64> {
+    mem.store_u32(gpa, val).map_err(|_| gpa)
 }

@@ -21,8 +21,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
 use crate::abi;
 use crate::queue::Command;
 
@@ -397,21 +395,17 @@ impl Record {
     /// Writes the record at `gpa`: everything, then `status` with release order.
     pub(crate) fn write(
         &self,
-        mem: &GuestMemoryMmap,
+        mem: &crate::remote::Mem<'_>,
         gpa: u64,
-    ) -> Result<(), vm_memory::GuestMemoryError> {
+    ) -> Result<(), crate::RemoteDmaError> {
         let mut body = [0u8; abi::COMPL_OFF_STATUS as usize];
         body[0..8].copy_from_slice(&self.seq.to_le_bytes());
         body[8..16].copy_from_slice(&self.bytes.to_le_bytes());
         body[16..24].copy_from_slice(&self.result.to_le_bytes());
         body[24..26].copy_from_slice(&self.faults.to_le_bytes());
         body[26..28].copy_from_slice(&self.replays.to_le_bytes());
-        mem.write_slice(&body, GuestAddress(gpa))?;
-        mem.store(
-            self.status,
-            GuestAddress(gpa + abi::COMPL_OFF_STATUS),
-            Ordering::Release,
-        )
+        mem.write(gpa, &body)?;
+        mem.store_u32(gpa + abi::COMPL_OFF_STATUS, self.status)
     }
 }
 

@@ -33,6 +33,7 @@ mod mmu_glue;
 mod msix;
 mod pci;
 mod queue;
+mod remote;
 mod shared;
 mod stats;
 pub mod trace;
@@ -40,6 +41,7 @@ pub mod trace;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 pub use device::{Device, DeviceError};
+pub use remote::{RemoteDma, RemoteDmaError};
 
 /// Guest memory as the device sees it: the DMA-mapped regions, replaced atomically by the server on
 /// DMA_MAP/DMA_UNMAP. Every device access to guest memory goes through a snapshot of it.

@@ -7,12 +7,14 @@
 use std::sync::atomic::Ordering;
 
 use faultline_mmu::{PhysError, PhysMem};
+
+use crate::RemoteDma;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, VolatileSlice,
 };
 
-/// The walker's view of a guest-memory snapshot.
-pub(crate) struct GuestPhys<'m>(pub &'m GuestMemoryMmap);
+/// The walker's view of a guest-memory snapshot, and of the client-served memory if any.
+pub(crate) struct GuestPhys<'m>(pub &'m GuestMemoryMmap, pub Option<&'m dyn RemoteDma>);
 
 impl PhysMem for GuestPhys<'_> {
     fn read_u64(&self, gpa: u64) -> Result<u64, PhysError> {
@@ -21,13 +23,20 @@ impl PhysMem for GuestPhys<'_> {
         }
         // The region's own atomic load: an 8-aligned word never straddles two regions, and this skips
         // the generic slice iterator (a walk reads four PTEs per TLB miss).
-        let (region, addr) = self
-            .0
-            .to_region_addr(GuestAddress(gpa))
-            .ok_or(PhysError::OutOfRange(gpa))?;
-        region
-            .load::<u64>(addr, Ordering::Acquire)
-            .map_err(|_| PhysError::OutOfRange(gpa))
+        if let Some((region, addr)) = self.0.to_region_addr(GuestAddress(gpa)) {
+            return region
+                .load::<u64>(addr, Ordering::Acquire)
+                .map_err(|_| PhysError::OutOfRange(gpa));
+        }
+        match self.1.filter(|r| r.covers(gpa, 8)) {
+            Some(r) => {
+                let mut b = [0u8; 8];
+                r.read(gpa, &mut b)
+                    .map(|()| u64::from_le_bytes(b))
+                    .map_err(|_| PhysError::OutOfRange(gpa))
+            }
+            None => Err(PhysError::OutOfRange(gpa)),
+        }
     }
 }
 
@@ -61,7 +70,7 @@ mod tests {
         .unwrap();
         mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x1ff8))
             .unwrap();
-        let p = GuestPhys(&mem);
+        let p = GuestPhys(&mem, None);
         assert_eq!(p.read_u64(0x1ff8), Ok(0x1122_3344_5566_7788));
         assert_eq!(p.read_u64(0x2000), Err(PhysError::OutOfRange(0x2000)));
         assert_eq!(p.read_u64(0x1ffc), Err(PhysError::Unaligned(0x1ffc)));

@@ -10,14 +10,17 @@
 //! NOP, FENCE and STATS are executed here. Every other opcode goes to an [`Extension`]: the device's is
 //! `commands.rs` (MMU, replay/cancel, jobs).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::remote::Mem;
 use log::{debug, trace};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 
 use crate::abi;
 use crate::shared::{lock, Shared};
+
+/// Longest a batch runs without publishing its head (see `Worker::run_batch`).
+const PUBLISH_EVERY: Duration = Duration::from_millis(2);
 
 /// A command entry, decoded from its 64 little-endian bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,10 +101,9 @@ pub(crate) struct ExecCtx<'a> {
 impl ExecCtx<'_> {
     /// Runs `f` on a fresh guest-memory snapshot with the effects lock held, unless the queue was reset,
     /// disabled or failed since the batch started. Keep `f` short: a reset waits for it.
-    pub(crate) fn effect<R>(&self, f: impl FnOnce(&GuestMemoryMmap) -> R) -> Result<R, CmdError> {
+    pub(crate) fn effect<R>(&self, f: impl FnOnce(&Mem<'_>) -> R) -> Result<R, CmdError> {
         let _fx = self.shared.effects(self.gen).ok_or(CmdError::Abandoned)?;
-        let mem = self.shared.mem.memory();
-        Ok(f(&mem))
+        Ok(self.shared.with_mem(|mem| f(&mem)))
     }
 
     /// The device state (MMU, engines, clock). Guest-visible effects must still go through
@@ -198,6 +200,10 @@ impl Worker {
         };
         let (mut head, mut completed) = (b.head, b.completed);
         trace!("batch {head}..{}", b.tail);
+        // A long batch publishes its progress now and then: with guest memory the client serves
+        // (DMA_READ per command) a batch of a thousand commands takes long enough for a driver
+        // to miss the head passing a fence it already saw.
+        let mut published = Instant::now();
         while head != b.tail {
             if shared.generation() != b.gen {
                 return;
@@ -210,8 +216,16 @@ impl Worker {
                     head = head.wrapping_add(1);
                     completed = completed.wrapping_add(1);
                     shared.stats.add(abi::STAT_COMMANDS, 1);
-                    if done.irq && !shared.publish(b.gen, head, completed, true) {
-                        return;
+                    if done.irq {
+                        if !shared.publish(b.gen, head, completed, true) {
+                            return;
+                        }
+                        published = Instant::now();
+                    } else if completed % 16 == 0 && published.elapsed() >= PUBLISH_EVERY {
+                        if !shared.publish(b.gen, head, completed, false) {
+                            return;
+                        }
+                        published = Instant::now();
                     }
                 }
                 Err(CmdError::Queue(code)) => {
@@ -231,9 +245,7 @@ impl Worker {
         let gpa = base + slot * abi::CMD_SIZE;
         let mut buf = [0u8; abi::CMD_SIZE as usize];
         self.shared
-            .mem
-            .memory()
-            .read_slice(&mut buf, GuestAddress(gpa))
+            .with_mem(|mem| mem.read(gpa, &mut buf))
             .map_err(|e| {
                 debug!("command {index} at {gpa:#x} unreadable: {e}");
                 CmdError::Queue(abi::ERR_CQ_DMA)
@@ -271,11 +283,10 @@ impl Worker {
         if cmd.flags & abi::CMD_F_WAIT_JOBS != 0 {
             self.ext.wait_jobs(ctx)?;
         }
-        ctx.effect(|mem| mem.store(value, GuestAddress(gpa), Ordering::Release))?
-            .map_err(|e| {
-                debug!("fence write at {gpa:#x} failed: {e}");
-                CmdError::Queue(abi::ERR_FENCE_DMA)
-            })
+        ctx.effect(|mem| mem.store_u64(gpa, value))?.map_err(|e| {
+            debug!("fence write at {gpa:#x} failed: {e}");
+            CmdError::Queue(abi::ERR_FENCE_DMA)
+        })
     }
 }
 
@@ -292,7 +303,7 @@ fn stats(cmd: &Command, ctx: &ExecCtx<'_>) -> Result<(), CmdError> {
     if len == 0 {
         return Ok(());
     }
-    ctx.effect(|mem| mem.write_slice(&block[..len], GuestAddress(gpa)))?
+    ctx.effect(|mem| mem.write(gpa, &block[..len]))?
         .map_err(|e| {
             debug!("stats write at {gpa:#x} failed: {e}");
             CmdError::Queue(abi::ERR_FENCE_DMA)

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use log::{debug, info, warn};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
 
 use faultline_mmu::Counters;
 
@@ -48,6 +48,7 @@ use crate::engines::Engine;
 use crate::faults::{Clock, FaultRingHw};
 use crate::msix::Msix;
 use crate::pci::ConfigSpace;
+use crate::remote::{Mem, RemoteSlot};
 use crate::stats::Stats;
 use crate::{abi, GuestMem};
 
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     pub id: Identity,
     /// Guest memory (DMA-mapped regions).
     pub mem: GuestMem,
+    /// Guest memory the client serves (regions mapped without a file descriptor).
+    pub remote: RemoteSlot,
     effects: Mutex<()>,
     generation: AtomicU64,
     /// The register file.
@@ -108,16 +111,16 @@ pub(crate) fn range_ok(mem: &GuestMemoryMmap, base: u64, len: u64) -> bool {
 }
 
 /// Validates a ring: `align`-aligned base, power-of-two size within `min..=max`, inside guest memory.
-fn ring_ok(mem: &GuestMemoryMmap, base: u64, size: u32, entry: u64, min: u32, max: u32) -> bool {
+fn ring_ok(mem: &Mem<'_>, base: u64, size: u32, entry: u64, min: u32, max: u32) -> bool {
     base & (RING_ALIGN - 1) == 0
         && size.is_power_of_two()
         && (min..=max).contains(&size)
-        && range_ok(mem, base, u64::from(size) * entry)
+        && mem.range_ok(base, u64::from(size) * entry)
 }
 
 /// Validates the writeback block: 64-byte aligned and inside guest memory.
-fn wb_ok(mem: &GuestMemoryMmap, wb: u64) -> bool {
-    wb & (abi::WB_SIZE - 1) == 0 && range_ok(mem, wb, abi::WB_SIZE)
+fn wb_ok(mem: &Mem<'_>, wb: u64) -> bool {
+    wb & (abi::WB_SIZE - 1) == 0 && mem.range_ok(wb, abi::WB_SIZE)
 }
 
 /// Name of an `FL_ERR_*` code for logs.
@@ -141,6 +144,7 @@ impl Shared {
         Shared {
             id,
             mem,
+            remote: RemoteSlot::default(),
             effects: Mutex::new(()),
             generation: AtomicU64::new(0),
             regs: Mutex::new(Regs::default()),
@@ -188,6 +192,13 @@ impl Shared {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Runs `f` on a snapshot of guest memory: the mapped regions and the client-served ones.
+    pub(crate) fn with_mem<R>(&self, f: impl FnOnce(Mem<'_>) -> R) -> R {
+        let local = self.mem.memory();
+        let remote = self.remote.get();
+        f(Mem::new(&local, remote.as_ref()))
+    }
+
     /// Takes the effects lock if the generation is still `gen`; `None` means the caller's queue is gone.
     pub(crate) fn effects(&self, gen: u64) -> Option<Effects<'_>> {
         let guard = lock(&self.effects);
@@ -224,24 +235,30 @@ impl Shared {
     /// `FL_CTRL_RESET`: queues disabled, registers and counters to defaults, jobs aborted, worker idle.
     /// Configuration space and MSI-X are untouched.
     pub(crate) fn reset_registers(&self) {
-        let fx = self.effects_any();
-        self.reset_device(&fx);
-        drop(fx);
+        self.without_remote(|| {
+            let fx = self.effects_any();
+            self.reset_device(&fx);
+        });
         self.wake.notify_all();
     }
 
     /// Function reset (vfio-user DEVICE_RESET, PCIe FLR): registers, configuration space and MSI-X.
     pub(crate) fn reset_function(&self) {
-        let fx = self.effects_any();
-        self.reset_device(&fx);
-        lock(&self.config).reset();
-        lock(&self.msix).reset();
-        drop(fx);
+        self.without_remote(|| {
+            let fx = self.effects_any();
+            self.reset_device(&fx);
+            lock(&self.config).reset();
+            lock(&self.msix).reset();
+        });
         self.wake.notify_all();
     }
 
     /// Stops the worker for good.
     pub(crate) fn request_shutdown(&self) {
+        // No resume: the device stops for good.
+        if let Some(r) = self.remote.get() {
+            r.suspend();
+        }
         let fx = self.effects_any();
         let mut regs = lock(&self.regs);
         self.bump(&fx, &mut regs);
@@ -255,7 +272,10 @@ impl Shared {
     /// and `FL_STATUS_ERROR`, stops the queue (new generation), writes `FL_WB_ERROR` if the writeback block
     /// is usable, and raises `FL_VEC_ERROR`.
     pub(crate) fn fail(&self, fx: &Effects<'_>, code: u32, info: u32) {
-        let mem = self.mem.memory();
+        self.with_mem(|mem| self.fail_in(fx, &mem, code, info));
+    }
+
+    fn fail_in(&self, fx: &Effects<'_>, mem: &Mem<'_>, code: u32, info: u32) {
         let mut regs = lock(&self.regs);
         if regs.error != abi::ERR_NONE {
             return;
@@ -265,7 +285,7 @@ impl Shared {
         self.bump(fx, &mut regs);
         let wb = match regs.cq {
             Some(q) => Some(q.wb),
-            None => Some(regs.wb).filter(|&wb| wb_ok(&mem, wb)),
+            None => Some(regs.wb).filter(|&wb| wb_ok(mem, wb)),
         };
         drop(regs);
         warn!(
@@ -273,7 +293,7 @@ impl Shared {
             error_name(code)
         );
         if let Some(wb) = wb {
-            if let Err(e) = mem.store(code, GuestAddress(wb + abi::WB_ERROR), Ordering::Release) {
+            if let Err(e) = mem.store_u32(wb + abi::WB_ERROR, code) {
                 warn!("cannot write FL_WB_ERROR at {wb:#x}: {e}");
             }
         }
@@ -307,14 +327,10 @@ impl Shared {
             q.completed = completed;
             q.wb
         };
-        let mem = self.mem.memory();
-        let stored = mem
-            .store(
-                completed,
-                GuestAddress(wb + abi::WB_COMPLETED),
-                Ordering::Release,
-            )
-            .and_then(|()| mem.store(head, GuestAddress(wb + abi::WB_CQ_HEAD), Ordering::Release));
+        let stored = self.with_mem(|mem| {
+            mem.store_u64(wb + abi::WB_COMPLETED, completed)
+                .and_then(|()| mem.store_u32(wb + abi::WB_CQ_HEAD, head))
+        });
         if let Err(e) = stored {
             warn!("cannot write the writeback block at {wb:#x}: {e}");
             self.fail(&fx, abi::ERR_WB_CONFIG, head);
@@ -324,6 +340,22 @@ impl Shared {
             lock(&self.msix).signal(abi::VEC_QUEUE);
         }
         true
+    }
+
+    /// Runs `f` (a reset) with client-served accesses failed and refused: a device thread may hold
+    /// `effects` or a lane pin while it waits for the client's reply, and the client (QEMU) may be
+    /// waiting, with its own lock held, for the very reply the caller (the socket thread) sends
+    /// after the reset. Suspending first means the reset never waits for the client.
+    fn without_remote<R>(&self, f: impl FnOnce() -> R) -> R {
+        let remote = self.remote.get();
+        if let Some(r) = &remote {
+            r.suspend();
+        }
+        let out = f();
+        if let Some(r) = &remote {
+            r.resume();
+        }
+        out
     }
 
     /// Carries out a BAR0 register write (socket thread; never waits for the worker's batch).
@@ -379,13 +411,15 @@ impl Shared {
                     warn!("CQ enable ignored: device in error state, reset first");
                     return;
                 }
-                let mem = self.mem.memory();
+                let local = self.mem.memory();
+                let remote = self.remote.get();
+                let mem = Mem::new(&local, remote.as_ref());
                 let (base, size, wb) = (regs.cq_base, regs.cq_size, regs.wb);
                 let code = ring_config_error(&mem, base, size, wb, &CQ_RING);
                 if code != abi::ERR_NONE {
                     drop(regs);
                     warn!("CQ enable: base {base:#x} size {size} writeback {wb:#x} rejected");
-                    self.fail(&fx, code, 0);
+                    self.fail_in(&fx, &mem, code, 0);
                     return;
                 }
                 self.bump(&fx, &mut regs);
@@ -400,19 +434,11 @@ impl Shared {
                 drop(regs);
                 info!("command queue enabled: base {base:#x} size {size} writeback {wb:#x}");
                 let init = mem
-                    .store(
-                        0u64,
-                        GuestAddress(wb + abi::WB_COMPLETED),
-                        Ordering::Release,
-                    )
-                    .and_then(|()| {
-                        mem.store(0u32, GuestAddress(wb + abi::WB_ERROR), Ordering::Release)
-                    })
-                    .and_then(|()| {
-                        mem.store(0u32, GuestAddress(wb + abi::WB_CQ_HEAD), Ordering::Release)
-                    });
+                    .store_u64(wb + abi::WB_COMPLETED, 0)
+                    .and_then(|()| mem.store_u32(wb + abi::WB_ERROR, 0))
+                    .and_then(|()| mem.store_u32(wb + abi::WB_CQ_HEAD, 0));
                 if init.is_err() {
-                    self.fail(&fx, abi::ERR_WB_CONFIG, 0);
+                    self.fail_in(&fx, &mem, abi::ERR_WB_CONFIG, 0);
                 }
             }
             (true, false) => {
@@ -434,7 +460,9 @@ impl Shared {
                     warn!("fault ring enable ignored: device in error state, reset first");
                     return;
                 }
-                let mem = self.mem.memory();
+                let local = self.mem.memory();
+                let remote = self.remote.get();
+                let mem = Mem::new(&local, remote.as_ref());
                 let (base, size, wb) = (regs.fr_base, regs.fr_size, regs.wb);
                 let code = ring_config_error(&mem, base, size, wb, &FAULT_RING);
                 if code != abi::ERR_NONE {
@@ -442,7 +470,7 @@ impl Shared {
                     warn!(
                         "fault ring enable: base {base:#x} size {size} writeback {wb:#x} rejected"
                     );
-                    self.fail(&fx, code, 0);
+                    self.fail_in(&fx, &mem, code, 0);
                     return;
                 }
                 if self.faults.enable(base, size, wb, regs.fr_irq_delay) {
@@ -484,7 +512,7 @@ const FAULT_RING: RingKind = RingKind {
 
 /// The error enabling a ring of `kind` at `base` with `size` entries and writeback block `wb` reports, or
 /// `ERR_NONE` when both lie in guest memory with valid geometry.
-fn ring_config_error(mem: &GuestMemoryMmap, base: u64, size: u32, wb: u64, kind: &RingKind) -> u32 {
+fn ring_config_error(mem: &Mem<'_>, base: u64, size: u32, wb: u64, kind: &RingKind) -> u32 {
     if !ring_ok(mem, base, size, kind.entry, kind.min, kind.max) {
         kind.error
     } else if !wb_ok(mem, wb) {
@@ -525,6 +553,10 @@ mod tests {
         assert!(range_ok(&mem, 0x20000, 0x1000));
         assert!(!range_ok(&mem, u64::MAX, 2));
         assert!(!range_ok(&mem, 0x30000, 1));
+        let mem = Mem {
+            local: &mem,
+            remote: None,
+        };
         assert!(ring_ok(&mem, 0x1000, 64, abi::CMD_SIZE, 2, 65536));
         assert!(!ring_ok(&mem, 0x1040, 64, abi::CMD_SIZE, 2, 65536));
         assert!(!ring_ok(&mem, 0x1000, 48, abi::CMD_SIZE, 2, 65536));

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use faultline_device::{AccessError, Device, DeviceConfig, GuestMem, InterruptSink, RegionInfo};
+use faultline_device::{
+    AccessError, Device, DeviceConfig, GuestMem, InterruptSink, RegionInfo, RemoteDma,
+};
 
 /// Operations the server performs on the device. Implementations never block on device work.
 pub trait DeviceBackend {
@@ -21,6 +23,8 @@ pub trait DeviceBackend {
     fn stats(&self) -> Vec<u64>;
     /// Stops all device work; the device is not used afterwards.
     fn shutdown(&self);
+    /// Gives the device the client-served guest memory (regions without a file descriptor).
+    fn set_remote_dma(&self, _remote: Arc<dyn RemoteDma>) {}
 }
 
 /// Constructor of a device, given the guest memory and interrupt sink of a client's session.
@@ -61,6 +65,9 @@ impl DeviceBackend for Device {
     }
     fn shutdown(&self) {
         Device::shutdown(self)
+    }
+    fn set_remote_dma(&self, remote: Arc<dyn RemoteDma>) {
+        Device::set_remote_dma(self, remote)
     }
 }
 

@@ -14,8 +14,16 @@
 //! DMA_UNMAP replies only once the device no longer references the removed mapping (the spec's
 //! rule). When a device snapshot still holds it, the reply is *deferred*: a short-lived drain
 //! thread waits for the snapshots to go (each covers at most one 64 KiB access window) and signals
-//! an eventfd the event loop watches; meanwhile the connection reads no further message, so
-//! commands stay in order, and the socket thread keeps serving signals. Replies are queued and written as the socket accepts them
+//! an eventfd the event loop watches; meanwhile the connection handles no further command, so
+//! commands stay in order (it keeps reading replies to its own DMA_READ/DMA_WRITE requests, which
+//! the accesses holding the mapping may be waiting for), and the socket thread keeps serving
+//! signals.
+//!
+//! Server→client requests (`remote_dma.rs`) are queued by device threads and moved into the
+//! output by the event loop (woken through the channel's eventfd), always ahead of the reply to
+//! the command being handled; replies from the client are matched there by id.
+//!
+//! Replies are queued and written as the socket accepts them
 //! (EPOLLOUT); while a lot of output is queued the connection stops reading, so a client that
 //! does not read its replies cannot make the server buffer without bound.
 
@@ -119,7 +127,7 @@ impl Connection {
     /// Reads what is available and handles every complete message.
     fn on_readable(&mut self) -> Result<(), StreamError> {
         for _ in 0..READS_PER_WAKEUP {
-            if self.pending_output() > OUTPUT_HIGH_WATER || self.deferred.is_some() {
+            if self.pending_output() > OUTPUT_HIGH_WATER || self.process_complete()? {
                 break;
             }
             // Read up to the end of the header, or of the message: never into the next one.
@@ -155,38 +163,87 @@ impl Connection {
                 self.inbuf.reserve(hdr.message_size as usize - HEADER_SIZE);
                 self.header = Some(hdr);
             }
-            if let Some(hdr) = self.header {
-                if self.inbuf.len() == hdr.message_size as usize {
-                    self.header = None;
-                    if let Some(r) = &mut self.recorder {
-                        r.record(&self.inbuf);
-                    }
-                    let fds = std::mem::take(&mut self.fds);
-                    let reply = dispatch(
-                        &mut self.session,
-                        &mut self.posted_failures,
-                        &hdr,
-                        &self.inbuf[HEADER_SIZE..],
-                        fds,
-                    );
-                    self.inbuf.clear();
-                    match self.session.take_retired() {
-                        Some(retired) if !retired.is_released() => {
-                            self.defer(reply.unwrap_or_default(), retired)
-                        }
-                        _ => {
-                            if let Some(r) = reply {
-                                self.outbuf.extend_from_slice(&r);
-                            }
-                        }
-                    }
-                    if let Some(e) = self.session.take_close() {
-                        return Err(e);
-                    }
-                }
+            if self.process_complete()? {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Whether a complete command is held back (a DMA_UNMAP reply is deferred).
+    fn holding_command(&self) -> bool {
+        self.deferred.is_some()
+            && self.header.is_some_and(|h| {
+                h.msg_type() == TYPE_COMMAND && self.inbuf.len() == h.message_size as usize
+            })
+    }
+
+    /// Handles the message in `inbuf` if it is complete. Replies (to the server's DMA_READ and
+    /// DMA_WRITE requests) are handled at once; a command waits while a DMA_UNMAP reply is
+    /// deferred, so commands stay in order (returns true then). Replies keep being read
+    /// meanwhile: a device access waiting for one may be what the deferred unmap waits for.
+    fn process_complete(&mut self) -> Result<bool, StreamError> {
+        let Some(hdr) = self.header else {
+            return Ok(false);
+        };
+        if self.inbuf.len() != hdr.message_size as usize {
+            return Ok(false);
+        }
+        if hdr.msg_type() == TYPE_COMMAND && self.deferred.is_some() {
+            return Ok(true);
+        }
+        self.header = None;
+        if let Some(r) = &mut self.recorder {
+            r.record(&self.inbuf);
+        }
+        let fds = std::mem::take(&mut self.fds);
+        if hdr.msg_type() == TYPE_REPLY {
+            if !fds.is_empty() {
+                log::warn!(
+                    "reply id {} carried {} descriptors; closed",
+                    hdr.id,
+                    fds.len()
+                );
+            }
+            drop(fds);
+            self.session
+                .remote()
+                .complete(&hdr, &self.inbuf[HEADER_SIZE..]);
+            self.inbuf.clear();
+            return Ok(false);
+        }
+        let reply = dispatch(
+            &mut self.session,
+            &mut self.posted_failures,
+            &hdr,
+            &self.inbuf[HEADER_SIZE..],
+            fds,
+        );
+        self.inbuf.clear();
+        // Requests the handler queued (writes of the socket thread, e.g. records of jobs a reset
+        // aborted) go out before its reply.
+        self.take_requests();
+        match self.session.take_retired() {
+            Some(retired) if !retired.is_released() => {
+                self.defer(reply.unwrap_or_default(), retired)
+            }
+            _ => {
+                if let Some(r) = reply {
+                    self.outbuf.extend_from_slice(&r);
+                }
+            }
+        }
+        if let Some(e) = self.session.take_close() {
+            return Err(e);
+        }
+        Ok(false)
+    }
+
+    /// Moves the device's queued DMA_READ/DMA_WRITE requests to the output.
+    fn take_requests(&mut self) {
+        for m in self.session.remote().take_outbox() {
+            self.outbuf.extend_from_slice(&m);
+        }
     }
 
     /// Holds `reply` back until `retired` is released, which a drain thread reports through
@@ -270,7 +327,7 @@ impl Connection {
 
     fn wanted_interest(&self) -> EventSet {
         let mut set = EventSet::empty();
-        if self.pending_output() <= OUTPUT_HIGH_WATER && self.deferred.is_none() {
+        if self.pending_output() <= OUTPUT_HIGH_WATER && !self.holding_command() {
             set |= EventSet::IN;
         }
         if self.pending_output() > 0 {
@@ -295,6 +352,11 @@ impl Connection {
         if let Err(e) = ops.remove(Events::empty(&self.drain_evt)) {
             log::warn!("removing the drain eventfd from epoll: {e}");
         }
+        if let Err(e) = ops.remove(Events::empty_raw(self.session.remote().wake_fd())) {
+            log::warn!("removing the remote DMA eventfd from epoll: {e}");
+        }
+        // Device threads waiting for a reply fail now rather than at their timeout.
+        self.session.remote().close();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         self.fds.clear();
         self.closed = true;
@@ -313,6 +375,9 @@ impl MutEventSubscriber for Connection {
             self.on_drained();
             // Messages may have arrived meanwhile.
             result = self.on_readable();
+        } else if events.fd() == self.session.remote().wake_fd() {
+            self.session.remote().ack_wake();
+            self.take_requests();
         } else if set
             .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP)
         {
@@ -338,7 +403,13 @@ impl MutEventSubscriber for Connection {
     fn init(&mut self, ops: &mut EventOps) {
         let added = ops
             .add(Events::new(&self.stream, self.interest))
-            .and_then(|()| ops.add(Events::new(&self.drain_evt, EventSet::IN)));
+            .and_then(|()| ops.add(Events::new(&self.drain_evt, EventSet::IN)))
+            .and_then(|()| {
+                ops.add(Events::new_raw(
+                    self.session.remote().wake_fd(),
+                    EventSet::IN,
+                ))
+            });
         if let Err(e) = added {
             log::error!("cannot watch the client socket: {e}");
             self.closed = true;
@@ -400,15 +471,6 @@ fn dispatch(
         hdr.flags,
         fds.len()
     );
-    if hdr.msg_type() == TYPE_REPLY {
-        // The server sends no requests, so no reply is expected; skip it (its fds are closed).
-        log::warn!(
-            "ignoring unexpected reply id {} for {cmd} ({} bytes)",
-            hdr.id,
-            hdr.message_size
-        );
-        return None;
-    }
     let max = cmd.max_fds().min(MAX_MSG_FDS);
     let result = if fds.len() > max {
         // Dropping `fds` closes them.

@@ -7,8 +7,10 @@
 //! device to read and write: they are `mmap`ed `MAP_SHARED`. Two kinds are recorded (so they can
 //! be unmapped, and overlap checks see them) but kept out of the device-visible memory, so a
 //! device access there fails cleanly as "outside guest memory":
-//! - regions without a file descriptor (QEMU sends the BIOS ROM this way at startup; refusing
-//!   them would break QEMU's startup, and reaching them would need DMA_READ/DMA_WRITE messages);
+//! - regions without a file descriptor (QEMU sends the BIOS ROM this way at startup, and all guest
+//!   RAM when it has no shared memory backend): writable ones are served through the client with
+//!   DMA_READ/DMA_WRITE messages when a [`DmaChannel`] is attached (`remote_dma.rs`), read-only
+//!   ones are recorded only;
 //! - read-only regions: vm-memory has no per-region permissions, and a device write into a
 //!   `PROT_READ` mapping would kill the server.
 //!
@@ -32,6 +34,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::error::RequestError;
 use crate::protocol::{DmaMap, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE, DMA_PGSIZE, MAX_DMA_MAPS};
+use crate::remote_dma::{DmaChannel, FdlessRegion};
 
 /// Largest single DMA region accepted (1 TiB).
 pub const MAX_DMA_REGION_SIZE: u64 = 1 << 40;
@@ -41,6 +44,8 @@ pub const MAX_DMA_REGION_SIZE: u64 = 1 << 40;
 enum Backing {
     /// `mmap`ed and part of the device-visible memory.
     Mapped(Arc<GuestRegionMmap>),
+    /// No file descriptor: served through the client (DMA_READ/DMA_WRITE).
+    Remote(Arc<FdlessRegion>),
     /// Recorded only; the reason is logged.
     NotAccessible(&'static str),
 }
@@ -51,20 +56,22 @@ struct Region {
     backing: Backing,
 }
 
-/// Mappings removed from the device-visible memory whose device snapshots may still be alive.
+/// Mappings removed from the device-visible memory whose device snapshots (or client-served
+/// accesses) may still be alive.
 #[derive(Debug, Default)]
-pub struct Retired(Vec<Arc<GuestRegionMmap>>);
+pub struct Retired(Vec<Arc<GuestRegionMmap>>, Vec<Arc<FdlessRegion>>);
 
 impl Retired {
-    /// Whether no device snapshot references any of the mappings any more: `self` holds the last
-    /// reference of each.
+    /// Whether no device snapshot or remote access references any of the mappings any more:
+    /// `self` holds the last reference of each.
     pub fn is_released(&self) -> bool {
         self.0.iter().all(|r| Arc::strong_count(r) == 1)
+            && self.1.iter().all(|r| Arc::strong_count(r) == 1)
     }
 
     /// Whether nothing was removed from the device-visible memory.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1.is_empty()
     }
 }
 
@@ -72,6 +79,8 @@ impl Retired {
 #[derive(Debug)]
 pub struct DmaSpace {
     mem: GuestMem,
+    /// Where regions without a file descriptor are served, if anywhere.
+    remote: Option<DmaChannel>,
     /// Most regions (`max_dma_maps`).
     max_maps: usize,
     /// Regions by IOVA; never overlapping.
@@ -91,10 +100,17 @@ impl DmaSpace {
     pub fn with_limit(mem: GuestMem, max_maps: usize) -> Self {
         DmaSpace {
             mem,
+            remote: None,
             max_maps,
             regions: BTreeMap::new(),
             fdless_writable: 0,
         }
+    }
+
+    /// Serves writable regions without a file descriptor through `remote`.
+    pub fn with_remote(mut self, remote: DmaChannel) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// Number of recorded regions.
@@ -158,9 +174,15 @@ impl DmaSpace {
         if fd.is_none() && req.flags & DMA_MAP_FLAG_WRITE != 0 {
             self.fdless_writable += 1;
             if self.fdless_writable == 1 {
+                let how = if self.remote.is_some() {
+                    "the device reaches it through DMA_READ/DMA_WRITE messages to the client, one \
+                     socket round trip per access: correct, but slow"
+                } else {
+                    "the device cannot reach it, and jobs, rings and records placed there fail \
+                     with DMA errors"
+                };
                 log::error!(
-                    "DMA_MAP {:#x}+{:#x}: writable guest memory without a file descriptor: the device \
-                     cannot reach it, and jobs, rings and records placed there fail with DMA errors. \
+                    "DMA_MAP {:#x}+{:#x}: writable guest memory without a file descriptor: {how}. \
                      Give QEMU a shared memory backend: -object memory-backend-memfd,id=mem,size=<RAM>,share=on \
                      -machine memory-backend=mem (libvirt: <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>)",
                     req.iova,
@@ -169,6 +191,13 @@ impl DmaSpace {
             }
         }
         let backing = match fd {
+            None if req.flags & DMA_MAP_FLAG_WRITE != 0 && self.remote.is_some() => {
+                Backing::Remote(Arc::new(FdlessRegion {
+                    iova: req.iova,
+                    size: req.size,
+                    writable: true,
+                }))
+            }
             None => Backing::NotAccessible("no file descriptor"),
             Some(_) if req.flags & DMA_MAP_FLAG_WRITE == 0 => Backing::NotAccessible("read-only"),
             Some(fd) => Backing::Mapped(Arc::new(mmap_region(req, fd)?)),
@@ -180,11 +209,19 @@ impl DmaSpace {
                 req.size,
                 req.offset
             ),
+            Backing::Remote(_) => log::debug!(
+                "DMA map {:#x}+{:#x}: no file descriptor, served through DMA_READ/DMA_WRITE",
+                req.iova,
+                req.size
+            ),
             Backing::NotAccessible(why) => log::debug!(
                 "DMA map {:#x}+{:#x}: {why}, recorded but not accessible to the device",
                 req.iova,
                 req.size
             ),
+        }
+        if let (Backing::Remote(r), Some(remote)) = (&backing, &self.remote) {
+            remote.add_region(Arc::clone(r));
         }
         let publish = matches!(backing, Backing::Mapped(_));
         self.regions.insert(
@@ -228,7 +265,16 @@ impl DmaSpace {
                     );
                     return Err(e);
                 }
-                Ok(Retired(vec![m]))
+                Ok(Retired(vec![m], Vec::new()))
+            }
+            Some(Region {
+                backing: Backing::Remote(r),
+                ..
+            }) => {
+                if let Some(remote) = &self.remote {
+                    remote.remove_region(iova);
+                }
+                Ok(Retired(Vec::new(), vec![r]))
             }
             _ => Ok(Retired::default()),
         }
@@ -241,15 +287,19 @@ impl DmaSpace {
             return Retired::default();
         }
         log::info!("DMA unmap all ({} regions)", self.regions.len());
-        let retired = std::mem::take(&mut self.regions)
-            .into_values()
-            .filter_map(|r| match r.backing {
-                Backing::Mapped(m) => Some(m),
-                Backing::NotAccessible(_) => None,
-            })
-            .collect();
+        let mut retired = Retired::default();
+        for r in std::mem::take(&mut self.regions).into_values() {
+            match r.backing {
+                Backing::Mapped(m) => retired.0.push(m),
+                Backing::Remote(f) => retired.1.push(f),
+                Backing::NotAccessible(_) => {}
+            }
+        }
+        if let Some(remote) = &self.remote {
+            remote.remove_all_regions();
+        }
         self.swap_in(GuestMemoryMmap::new());
-        Retired(retired)
+        retired
     }
 
     fn first_overlap(&self, start: u64, end: u64) -> Option<(&u64, &Region)> {
@@ -268,7 +318,7 @@ impl DmaSpace {
             .values()
             .filter_map(|r| match &r.backing {
                 Backing::Mapped(m) => Some(Arc::clone(m)),
-                Backing::NotAccessible(_) => None,
+                Backing::Remote(_) | Backing::NotAccessible(_) => None,
             })
             .collect();
         let mem = if regions.is_empty() {

@@ -7,6 +7,7 @@
 //! - [`sock`]: non-blocking `recvmsg`/`send` with `SCM_RIGHTS`;
 //! - [`limits`]: `RLIMIT_NOFILE` and the number of DMA regions it allows;
 //! - [`dma`], [`irq`]: DMA regions (guest memory for the device) and interrupt eventfds;
+//! - [`remote_dma`]: guest memory without a file descriptor, through DMA_READ/DMA_WRITE;
 //! - [`session`]: per-client state and the command handlers;
 //! - [`conn`]: framing, the validation point, buffered replies;
 //! - [`listener`], [`signals`], [`server`]: the `event-manager` loop, one client at a time.
@@ -25,6 +26,7 @@ pub mod limits;
 pub mod listener;
 pub mod protocol;
 pub mod record;
+pub mod remote_dma;
 pub mod server;
 pub mod session;
 pub mod signals;

@@ -9,6 +9,7 @@
 
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use faultline_device::{region, GuestMem};
 use vm_memory::GuestMemoryMmap;
@@ -18,6 +19,7 @@ use crate::dma::{DmaSpace, Retired};
 use crate::error::{RequestError, StreamError};
 use crate::irq::{IrqAction, Irqs};
 use crate::protocol::*;
+use crate::remote_dma::{self, DmaChannel};
 use crate::version::{self, ClientCaps};
 
 /// Per-client state.
@@ -32,6 +34,8 @@ pub struct Session {
     max_dma_maps: usize,
     /// Set by DMA_UNMAP: mappings whose release the reply must wait for.
     retired: Option<Retired>,
+    /// Server→client DMA_READ/DMA_WRITE for guest memory without a file descriptor.
+    remote: DmaChannel,
 }
 
 impl std::fmt::Debug for Session {
@@ -50,9 +54,13 @@ impl Session {
         let irqs = Irqs::new(factory.irq_count);
         let device: Rc<dyn DeviceBackend> =
             Rc::from((factory.create)(mem.clone(), irqs.msix_sink())?);
+        let remote = DmaChannel::new(remote_dma::DEFAULT_TIMEOUT)
+            .map_err(|e| format!("cannot create the remote DMA channel: {e}"))?;
+        device.set_remote_dma(Arc::new(remote.clone()));
         Ok(Session {
             device,
-            dma: DmaSpace::with_limit(mem, factory.max_dma_maps),
+            dma: DmaSpace::with_limit(mem, factory.max_dma_maps).with_remote(remote.clone()),
+            remote,
             irqs,
             caps: None,
             close: None,
@@ -64,6 +72,11 @@ impl Session {
     /// The device, for stats logging.
     pub fn device(&self) -> Rc<dyn DeviceBackend> {
         Rc::clone(&self.device)
+    }
+
+    /// The server→client DMA channel (the connection writes its requests and hands it replies).
+    pub fn remote(&self) -> &DmaChannel {
+        &self.remote
     }
 
     /// Takes the reason to close the connection, if a handler set one.
@@ -142,6 +155,7 @@ impl Session {
             caps.max_data_xfer_size,
             caps.write_multiple
         );
+        self.remote.set_max_xfer(caps.max_data_xfer_size);
         self.caps = Some(caps);
         Ok(reply)
     }
@@ -563,10 +577,13 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // Wake every device thread waiting for a reply before stopping them.
+        self.remote.close();
         self.device.shutdown();
         log::info!(
-            "client session ended; device stats: {}",
-            format_stats(&self.device.stats())
+            "client session ended; device stats: {} {}",
+            format_stats(&self.device.stats()),
+            self.remote.stats().format()
         );
         if faultline_device::trace::enabled() {
             match faultline_device::trace::flush() {

@@ -1,0 +1,397 @@
+//! Guest memory mapped without a file descriptor (QEMU without a shared memory backend): the
+//! device reaches it through server→client DMA_READ/DMA_WRITE messages, which this test's client
+//! serves from its own buffer, the way QEMU does (`u64 address; u64 count; data[]`, data at byte
+//! 32 of the message). Bad replies fail the access cleanly; a client that
+//! leaves with requests outstanding wakes every waiting lane at once.
+
+mod common;
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use common::*;
+use faultline_device::abi;
+
+/// Control memory (memfd): writeback block, command queue, page tables, completion record.
+const IOVA: u64 = 0x1_0000_0000;
+const RAM: u64 = 1 << 20;
+const WB: u64 = 0x1000;
+const CQ: u64 = 0x2000;
+const RECORD: u64 = 0x3000;
+const ROOT: u64 = 0x10000;
+const L2: u64 = 0x11000;
+/// The fd-less region: 1 GiB aligned so one 1 GiB leaf maps it (VA = IOVA).
+const BUF_IOVA: u64 = 0x4000_0000;
+const BUF: u64 = 256 << 10;
+const MSIX_CONTROL: u64 = 0x42;
+const CTX: u16 = 1;
+const DMA_READ: u16 = 11;
+const DMA_WRITE: u16 = 12;
+/// The server's wait for one reply (remote_dma::DEFAULT_TIMEOUT).
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Guest {
+    c: Raw,
+    ram: File,
+    /// The fd-less region, as the client holds it.
+    mem: Vec<u8>,
+    _irq: OwnedFd,
+    tail: u32,
+    seq: u64,
+}
+
+/// A server→client request as received.
+struct Request {
+    id: u16,
+    command: u16,
+    offset: u64,
+    count: u32,
+    data: Vec<u8>,
+}
+
+impl Guest {
+    fn setup(server: &Server) -> Guest {
+        let mut c = server.connect();
+        c.negotiate();
+        let ram = memfd(RAM);
+        c.dma_map(IOVA, RAM, Some(ram.as_raw_fd()))
+            .expect("map RAM");
+        c.dma_map(BUF_IOVA, BUF, None).expect("map fd-less buffer");
+        let irq = eventfd();
+        c.set_irqs_eventfd(MSIX, 0, &[irq.as_raw_fd()])
+            .expect("SET_IRQS");
+        c.region_write(CONFIG, 0x04, &0x0006u16.to_le_bytes())
+            .expect("command register");
+        c.region_write(CONFIG, MSIX_CONTROL, &0x8000u16.to_le_bytes())
+            .expect("MSI-X enable");
+        pwrite(&ram, ROOT, &((IOVA + L2) | abi::PTE_VALID).to_le_bytes());
+        let leaf = BUF_IOVA | abi::PTE_VALID | abi::PTE_READ | abi::PTE_WRITE | abi::PTE_LEAF;
+        pwrite(&ram, L2 + 8, &leaf.to_le_bytes());
+        c.write32(abi::REG_CONTROL, abi::CTRL_ENABLE);
+        c.write32(abi::REG_WB_LO, (IOVA + WB) as u32);
+        c.write32(abi::REG_WB_HI, ((IOVA + WB) >> 32) as u32);
+        c.write32(abi::REG_CQ_BASE_LO, (IOVA + CQ) as u32);
+        c.write32(abi::REG_CQ_BASE_HI, ((IOVA + CQ) >> 32) as u32);
+        c.write32(abi::REG_CQ_SIZE, 16);
+        c.write32(abi::REG_CQ_CONTROL, abi::CQ_CTRL_ENABLE);
+        let mut g = Guest {
+            c,
+            ram,
+            mem: vec![0u8; BUF as usize],
+            _irq: irq,
+            tail: 0,
+            seq: 0,
+        };
+        g.push(abi::OP_BIND, [IOVA + ROOT, 0, 0, 0, 0, 0]);
+        g
+    }
+
+    fn push(&mut self, opcode: u8, args: [u64; 6]) {
+        let mut cmd = [0u8; 64];
+        cmd[0] = opcode;
+        cmd[2..4].copy_from_slice(&CTX.to_le_bytes());
+        cmd[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        self.seq += 1;
+        for (i, a) in args.iter().enumerate() {
+            cmd[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
+        }
+        pwrite(&self.ram, CQ + u64::from(self.tail & 15) * 64, &cmd);
+        self.tail += 1;
+        self.c
+            .region_write_posted(BAR0, abi::REG_CQ_TAIL, &self.tail.to_le_bytes());
+    }
+
+    /// Starts a job whose record is cleared first.
+    fn job(&mut self, opcode: u8, src: u64, dst: u64, len: u64, a3: u64, lanes: u64) {
+        pwrite(&self.ram, RECORD, &[0u8; 64]);
+        let a5 = u64::from(abi::PAT_SEQ) | lanes << 16 | 4096 << 32;
+        self.push(opcode, [src, dst, len, a3, IOVA + RECORD, a5]);
+    }
+
+    fn status(&self) -> u32 {
+        u32::from_le_bytes(pread::<4>(&self.ram, RECORD + abi::COMPL_OFF_STATUS))
+    }
+
+    /// The next server→client request, or `None` within `wait`.
+    fn next_request(&mut self, wait: Duration) -> Option<Request> {
+        self.c.s.set_read_timeout(Some(wait)).unwrap();
+        let mut h = [0u8; 16];
+        let got = std::io::Read::read(&mut self.c.s, &mut h[..1]);
+        self.c.s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        match got {
+            Ok(1) => {}
+            Ok(_) => panic!("server closed the connection"),
+            Err(_) => return None,
+        }
+        std::io::Read::read_exact(&mut self.c.s, &mut h[1..]).expect("request header");
+        let size = u32_at(&h, 4) as usize;
+        assert!(size >= 32, "request of {size} bytes");
+        let mut p = vec![0u8; size - 16];
+        std::io::Read::read_exact(&mut self.c.s, &mut p).expect("request payload");
+        let flags = u32_at(&h, 8);
+        assert_eq!(flags & 0xf, 0, "a command");
+        let count = u64_at(&p, 8) as u32;
+        let command = u16::from_ne_bytes([h[2], h[3]]);
+        let data = if command == DMA_WRITE {
+            count as usize
+        } else {
+            0
+        };
+        assert_eq!(size, data + 32, "QEMU's message size");
+        Some(Request {
+            id: u16::from_ne_bytes([h[0], h[1]]),
+            command,
+            offset: u64_at(&p, 0),
+            count,
+            data: if command == DMA_WRITE {
+                p[16..16 + count as usize].to_vec()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Answers `r` correctly from `mem`.
+    fn answer(&mut self, r: &Request) {
+        let at = (r.offset - BUF_IOVA) as usize;
+        let n = r.count as usize;
+        if r.command == DMA_WRITE {
+            self.mem[at..at + n].copy_from_slice(&r.data);
+            let m = message(r.id, DMA_WRITE, 1, &[]);
+            self.c.send_bytes(&m, &[]);
+        } else {
+            assert_eq!(r.command, DMA_READ);
+            let mut p = Vec::with_capacity(16 + n);
+            p.extend_from_slice(&r.offset.to_le_bytes());
+            p.extend_from_slice(&u64::from(r.count).to_le_bytes());
+            p.extend_from_slice(&self.mem[at..at + n]);
+            let m = message(r.id, DMA_READ, 1, &p);
+            self.c.send_bytes(&m, &[]);
+        }
+    }
+
+    /// Serves requests until the job's record is written; returns (reads, writes) served.
+    fn serve_until_done(&mut self) -> (u32, u32) {
+        let (mut reads, mut writes) = (0, 0);
+        let deadline = Instant::now() + TIMEOUT;
+        while self.status() == 0 {
+            assert!(Instant::now() < deadline, "job never completed");
+            if let Some(r) = self.next_request(Duration::from_millis(20)) {
+                if r.command == DMA_READ {
+                    reads += 1;
+                } else {
+                    writes += 1;
+                }
+                self.answer(&r);
+            }
+        }
+        (reads, writes)
+    }
+}
+
+#[test]
+fn fdless_region_is_read_and_written_through_dma_messages() {
+    let mut server = Server::start("fdless-rw");
+    let mut g = Guest::setup(&server);
+    // FILL 64 KiB at +4 KiB with four lanes: writes only.
+    g.job(abi::OP_JOB_FILL, 0, BUF_IOVA + 0x1000, 0x10000, 0xab, 4);
+    let (r, w) = g.serve_until_done();
+    assert_eq!(g.status(), abi::JOB_OK);
+    assert_eq!((r, w > 0), (0, true), "FILL: {r} reads, {w} writes");
+    assert!(g.mem[0x1000..0x11000].iter().all(|&b| b == 0xab));
+    assert!(g.mem[..0x1000].iter().all(|&b| b == 0));
+    assert!(g.mem[0x11000..].iter().all(|&b| b == 0));
+    // COPY it elsewhere in the region: reads and writes.
+    for (i, b) in g.mem[0x1000..0x11000].iter_mut().enumerate() {
+        *b = (i * 7) as u8;
+    }
+    let want = g.mem[0x1000..0x11000].to_vec();
+    g.job(
+        abi::OP_JOB_COPY,
+        BUF_IOVA + 0x1000,
+        BUF_IOVA + 0x20000,
+        0x10000,
+        0,
+        2,
+    );
+    let (r, w) = g.serve_until_done();
+    assert_eq!(g.status(), abi::JOB_OK);
+    assert!(r > 0 && w > 0, "COPY: {r} reads, {w} writes");
+    assert_eq!(&g.mem[0x20000..0x30000], &want[..]);
+    // The counts are logged with the session's stats.
+    drop(g);
+    assert!(
+        wait_until(TIMEOUT, || server.log_text().contains("dma_read=")),
+        "no stats line:\n{}",
+        server.log_text()
+    );
+    let log = server.log_text();
+    let line = log.lines().find(|l| l.contains("dma_read=")).unwrap();
+    assert!(!line.contains("dma_read=0 "), "{line}");
+    assert!(!line.contains("dma_write=0 "), "{line}");
+    assert!(line.contains("dma_remote_errors=0"), "{line}");
+    assert!(
+        log.contains("correct, but slow"),
+        "the one-time warning:\n{log}"
+    );
+    server.assert_serves_new_client();
+}
+
+#[test]
+fn bad_replies_fail_the_access_cleanly() {
+    let mut server = Server::start("fdless-bad");
+    let mut g = Guest::setup(&server);
+    let case = |g: &mut Guest, what: &str, bad: &dyn Fn(&mut Guest, &Request)| {
+        g.job(abi::OP_JOB_COPY, BUF_IOVA, BUF_IOVA + 0x10000, 0x1000, 0, 1);
+        let r = g
+            .next_request(TIMEOUT)
+            .unwrap_or_else(|| panic!("{what}: no request"));
+        assert_eq!(r.command, DMA_READ, "{what}");
+        let start = Instant::now();
+        bad(g, &r);
+        assert!(
+            wait_until(TIMEOUT, || g.status() != 0),
+            "{what}: job never completed"
+        );
+        assert_eq!(g.status(), abi::JOB_DMA_ERROR, "{what}");
+        // Nothing else was asked for, nothing written.
+        assert!(
+            g.next_request(Duration::from_millis(100)).is_none(),
+            "{what}"
+        );
+        start.elapsed()
+    };
+    let reply = |g: &mut Guest, r: &Request, id: u16, flags: u32, err: u32, p: &[u8]| {
+        let mut m = message(id, r.command, flags, p);
+        m[12..16].copy_from_slice(&err.to_ne_bytes());
+        g.c.send_bytes(&m, &[]);
+    };
+    let fields = |r: &Request| {
+        let mut p = r.offset.to_le_bytes().to_vec();
+        p.extend_from_slice(&u64::from(r.count).to_le_bytes());
+        p
+    };
+    case(&mut g, "error reply", &|g, r| {
+        reply(g, r, r.id, 1 | 0x20, libc::EFAULT as u32, &[])
+    });
+    case(&mut g, "short reply", &|g, r| {
+        let mut p = fields(r);
+        p.extend_from_slice(&[0u8; 100]);
+        reply(g, r, r.id, 1, 0, &p)
+    });
+    case(&mut g, "reply for another range", &|g, r| {
+        let mut p = (r.offset + 8).to_le_bytes().to_vec();
+        p.extend_from_slice(&u64::from(r.count).to_le_bytes());
+        p.extend(std::iter::repeat_n(0u8, r.count as usize));
+        reply(g, r, r.id, 1, 0, &p)
+    });
+    case(&mut g, "reply with another command", &|g, r| {
+        let m = message(r.id, DMA_WRITE, 1, &[]);
+        g.c.send_bytes(&m, &[]);
+    });
+    let waited = case(&mut g, "wrong id, then silence", &|g, r| {
+        let mut p = fields(r);
+        p.extend(std::iter::repeat_n(0u8, r.count as usize));
+        reply(g, r, r.id.wrapping_add(1000), 1, 0, &p)
+    });
+    assert!(
+        waited >= REMOTE_TIMEOUT - Duration::from_millis(100) && waited < TIMEOUT,
+        "the silent client was waited for {waited:?}"
+    );
+    // The device and the connection still work, and so does a correct job.
+    assert_eq!(g.c.read32(BAR0, abi::REG_ID), abi::ID_MAGIC);
+    g.job(abi::OP_JOB_FILL, 0, BUF_IOVA, 0x2000, 0x5a, 1);
+    g.serve_until_done();
+    assert_eq!(g.status(), abi::JOB_OK);
+    assert!(g.mem[..0x2000].iter().all(|&b| b == 0x5a));
+    drop(g);
+    server.assert_alive();
+    server.assert_serves_new_client();
+    let log = server.log_text();
+    assert!(
+        log.contains("errno 14"),
+        "the error reply is logged:\n{log}"
+    );
+    assert!(log.contains("no request of ours waits"), "{log}");
+}
+
+#[test]
+fn disconnect_with_requests_outstanding_wakes_every_lane() {
+    let mut server = Server::start_with("fdless-disconnect", &["--lanes", "4"]);
+    let mut g = Guest::setup(&server);
+    // One job per engine lane set: every lane ends up waiting for a reply that never comes.
+    g.job(abi::OP_JOB_FILL, 0, BUF_IOVA, BUF, 0x11, 4);
+    let mut outstanding = 0;
+    while outstanding < 4 {
+        match g.next_request(Duration::from_millis(500)) {
+            Some(_) => outstanding += 1,
+            None => break,
+        }
+    }
+    assert!(outstanding >= 2, "only {outstanding} lanes asked");
+    let left = Instant::now();
+    drop(g);
+    // The session ends (device shut down, lanes joined) well before any reply timeout would
+    // have freed the lanes, and the next client is served.
+    server.assert_serves_new_client();
+    assert!(
+        wait_until(TIMEOUT, || server
+            .log_text()
+            .contains("client session ended")),
+        "{}",
+        server.log_text()
+    );
+    let took = left.elapsed();
+    assert!(
+        took < REMOTE_TIMEOUT,
+        "the session took {took:?} to end: lanes waited for their timeout"
+    );
+    server.assert_alive();
+}
+
+#[test]
+fn unmap_waits_for_accesses_in_flight_and_none_follows_its_reply() {
+    let mut server = Server::start("fdless-unmap");
+    let mut g = Guest::setup(&server);
+    g.job(abi::OP_JOB_FILL, 0, BUF_IOVA, BUF, 0x77, 4);
+    // Leave the first requests unanswered, then unmap the region under them.
+    let first = g.next_request(TIMEOUT).expect("a request");
+    assert_eq!(first.command, DMA_WRITE);
+    let id =
+        g.c.send(DMA_UNMAP, 0, &dma_unmap_payload(0, BUF_IOVA, BUF), &[]);
+    // Until the reply, requests may still come (accesses that had their region already): answer
+    // them. Then no request may follow.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        assert!(Instant::now() < deadline, "no DMA_UNMAP reply");
+        let r = g.c.recv();
+        if r.flags & 0xf == 1 {
+            assert_eq!(r.id, id, "reply id");
+            assert_eq!(r.flags & 0x20, 0, "DMA_UNMAP failed: errno {}", r.error);
+            break;
+        }
+        let command = r.command;
+        assert!(command == DMA_WRITE || command == DMA_READ);
+        let req = Request {
+            id: r.id,
+            command,
+            offset: u64_at(&r.payload, 0),
+            count: u64_at(&r.payload, 8) as u32,
+            data: r.payload[16..].to_vec(),
+        };
+        g.answer(&req);
+    }
+    assert!(
+        g.next_request(Duration::from_millis(300)).is_none(),
+        "a device access to the region after the DMA_UNMAP reply"
+    );
+    assert!(
+        wait_until(TIMEOUT, || g.status() != 0),
+        "job never completed"
+    );
+    assert_eq!(g.status(), abi::JOB_DMA_ERROR);
+    assert_eq!(g.c.read32(BAR0, abi::REG_ID), abi::ID_MAGIC);
+    drop(g);
+    server.assert_serves_new_client();
+}
