@@ -69,9 +69,10 @@
  * writes to private anonymous memory a write population of the absent
  * pages only (fresh zeroed pages; present pages are never write-faulted).
  * A failure there (SIGBUS past the end of a short file, a poisoned page)
- * is ignored: prefetch never changes what a fault means. It yields: new
- * faults of the context outside the window end it between chunks of
- * FL_PREFETCH_CHUNK pages (what it populated so far is mapped).
+ * is ignored: prefetch never changes what a fault means. It maps and
+ * REPLAYs every FL_PREFETCH_MAP pages, so lanes follow its front, and it
+ * yields: a fault queued for the context outside the window ends it between
+ * chunks of FL_PREFETCH_CHUNK pages (the next pass takes it up again).
  *
  * Cancels. A fault is cancelled when its page has no usable VMA, when it
  * writes to a VMA without VM_WRITE (write and atomic only; its reads are
@@ -94,6 +95,7 @@
 #define FL_BACKOFF_MAX_MS	128
 #define FL_PASS_PREFETCH	16	/* windows one pass may prefetch */
 #define FL_PREFETCH_CHUNK	32	/* pages populated between checks for faults */
+#define FL_PREFETCH_MAP		64	/* pages populated between map + REPLAY */
 
 /* What a pass collects (struct on the work's stack). */
 struct fl_pass {
@@ -534,7 +536,8 @@ transient:
 /*
  * Records are queued for the context outside [ws, we): stalled accesses
  * that the prefetch of that window will not satisfy come first. Faults
- * inside the window wait for it: it is about to populate their pages.
+ * inside the window wait for it: it is about to populate their pages, and
+ * maps and replays them as its front passes.
  */
 static bool fl_ctx_pending(struct fl_ctx *ctx, u64 ws, u64 we)
 {
@@ -551,24 +554,59 @@ static bool fl_ctx_pending(struct fl_ctx *ctx, u64 ws, u64 we)
 	return pending;
 }
 
+static void fl_prefetch_send(struct fl_ctx *ctx, const struct fl_span *changed);
+
+/*
+ * Map [a, c) of the window [ws, ..) from @pfns, then INVALIDATE what changed
+ * and REPLAY, so that lanes stalled in it resume (every PTE write is
+ * followed by a REPLAY; see fl_ctx_pass()). -EBUSY if an invalidation of
+ * the block overtook the pfns. mmap_lock held.
+ */
+static int fl_prefetch_flush(struct fl_ctx *ctx, struct fl_block *b,
+			     unsigned long seq, struct vm_area_struct *vma,
+			     const unsigned long *pfns, u64 ws, u64 a, u64 c,
+			     unsigned int *written)
+{
+	struct fl_span changed = {};
+	unsigned int n;
+
+	if (a >= c)
+		return 0;
+	mutex_lock(&ctx->lock);
+	if (mmu_interval_read_retry(&b->notifier, seq)) {
+		mutex_unlock(&ctx->lock);
+		return -EBUSY;
+	}
+	n = fl_window_map(ctx->fl, ctx, a, c, vma->vm_start, vma->vm_end,
+			  pfns + ((a - ws) >> PAGE_SHIFT), &changed);
+	mutex_unlock(&ctx->lock);
+	if (n || changed.start < changed.end)
+		fl_prefetch_send(ctx, &changed);
+	*written += n;
+	return 0;
+}
+
 /*
  * After the replay, map what the CPU has in the window of @va and, with
- * @populate, populate its absent pages first (see "Prefetch"): best
- * effort, a few collisions end it, failures are ignored, new faults of the
- * context end the population early (what it populated so far is mapped).
+ * @populate, populate its absent pages too (see "Prefetch"), mapping and
+ * replaying every FL_PREFETCH_MAP pages so that the lanes follow the
+ * population front. Best effort: a few collisions end it, failures are
+ * ignored, and a fault queued for the context outside the window ends the
+ * population early (what it populated so far is mapped; the next pass
+ * takes it up again).
+ * Returns how many PTEs it wrote.
  */
 static unsigned int fl_prefetch_window(struct fl_ctx *ctx, u64 va,
-				       bool populate, bool write,
-				       struct fl_span *changed)
+				       bool populate, bool write)
 {
 	struct fl_dev *fl = ctx->fl;
 	struct mm_struct *mm = ctx->mm;
 	unsigned long *pfns = ctx->hmm_pfns;
+	unsigned int tries = 0, written = 0;
 	struct vm_area_struct *vma;
-	unsigned int tries = 0, written;
 	struct fl_block *b;
 	unsigned long seq;
-	u64 ws, we, p, q;
+	u64 ws, we, p, q, m;
 	int ret;
 
 	b = fl_block_get(ctx, va);
@@ -576,13 +614,13 @@ static unsigned int fl_prefetch_window(struct fl_ctx *ctx, u64 va,
 		return 0;
 again:
 	if (++tries > 3 || fl_pt_prealloc(ctx))
-		return 0;
+		return written;
 	seq = mmu_interval_read_begin(&b->notifier);
 	mmap_read_lock(mm);
 	vma = vma_lookup(mm, va);
 	if (!fl_vma_usable(vma)) {
 		mmap_read_unlock(mm);
-		return 0;
+		return written;
 	}
 	fl_window(vma, va, &ws, &we);
 	if (write && !(vma->vm_flags & VM_WRITE))
@@ -592,10 +630,10 @@ again:
 		goto collided;
 	/*
 	 * Runs of absent pages only (present ones keep what they have), at
-	 * most FL_PREFETCH_CHUNK pages at a time: faults queued meanwhile end
-	 * the prefetch, so that it never holds up a stalled access for long.
+	 * most FL_PREFETCH_CHUNK pages at a time; each run's own result fills
+	 * in its pfns.
 	 */
-	for (p = ws; populate && p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
+	for (p = ws, m = ws; populate && p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
 		unsigned long flags = HMM_PFN_REQ_FAULT |
 				      (write ? HMM_PFN_REQ_WRITE : 0);
 
@@ -612,18 +650,14 @@ again:
 		if (!ret)
 			atomic64_add((q - p) >> PAGE_SHIFT, &fl->fst.prefetch_pages);
 		/* Failed: ignored, the device's own faults decide. */
+		if (q - m >= FL_PREFETCH_MAP * PAGE_SIZE) {
+			if (fl_prefetch_flush(ctx, b, seq, vma, pfns, ws, m, q, &written))
+				goto collided;
+			m = q;
+		}
 	}
-	ret = fl_hmm_snapshot(b, seq, pfns, ws, we);
-	if (ret)
+	if (fl_prefetch_flush(ctx, b, seq, vma, pfns, ws, m, we, &written))
 		goto collided;
-	mutex_lock(&ctx->lock);
-	if (mmu_interval_read_retry(&b->notifier, seq)) {
-		mutex_unlock(&ctx->lock);
-		goto collided;
-	}
-	written = fl_window_map(fl, ctx, ws, we, vma->vm_start, vma->vm_end,
-				pfns, changed);
-	mutex_unlock(&ctx->lock);
 	mmap_read_unlock(mm);
 	if (populate)
 		atomic64_inc(&fl->fst.prefetch_blocks);
@@ -925,8 +959,6 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 			bool replay, u64 gen)
 {
 	struct fl_dev *fl = ctx->fl;
-	struct fl_span pchanged = {};
-	unsigned int written = 0;
 	struct fl_pass ps = {};
 	u32 i, m, dups = 0;
 	bool mm_ok;
@@ -982,12 +1014,9 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 	for (i = 0; i < ps.nprefetch && !fl_ctx_pending(ctx, 0, 0); i++) {
 		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
 			goto out;
-		written += fl_prefetch_window(ctx, ps.prefetch[i].va,
-					      ps.prefetch[i].populate,
-					      ps.prefetch[i].write, &pchanged);
+		fl_prefetch_window(ctx, ps.prefetch[i].va, ps.prefetch[i].populate,
+				   ps.prefetch[i].write);
 	}
-	if (written)
-		fl_prefetch_send(ctx, &pchanged);
 	fl_backoff_schedule(ctx);
 out:
 	if (mm_ok)

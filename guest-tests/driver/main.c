@@ -45,9 +45,9 @@ unsigned int fl_escalate_ms = 20;
 module_param_named(escalate_ms, fl_escalate_ms, uint, 0644);
 MODULE_PARM_DESC(escalate_ms, "time in ms a fault window may spend before it is serviced under mmap_write_lock (0: never by time; default 20)");
 
-unsigned int fl_prefetch_pct = 10;
+unsigned int fl_prefetch_pct;
 module_param_named(prefetch_pct, fl_prefetch_pct, uint, 0644);
-MODULE_PARM_DESC(prefetch_pct, "with prefetch=Y, populate the rest of a window after the replay once this percentage of its 2 MiB block is mapped (0: always; default 10)");
+MODULE_PARM_DESC(prefetch_pct, "with prefetch=Y, populate the rest of a window after the replay once this percentage of its 2 MiB block is mapped (0: always; default 0)");
 
 /* ---------------------------------------------------------------------- */
 /* ioctls */
