@@ -765,18 +765,31 @@ struct remap_racer {
 static void *remap_main(void *arg)
 {
 	struct remap_racer *r = arg;
+	static unsigned char fill[64 * 1024];
+	int mfd;
+	size_t off;
 	void *q;
 
 	usleep(r->delay_us);
 	munmap(r->p, r->len);
-	q = mmap(r->p, r->len, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-	if (q == MAP_FAILED)
+	/*
+	 * New memory for the same addresses: a memfd filled through write()
+	 * (its pages are allocated now, likely from the ones just freed) and
+	 * mapped read-only from the start, so no device write to it is
+	 * legitimate: one would come from a translation of the old memory.
+	 */
+	mfd = memfd_create("fl-remap", 0);
+	if (mfd < 0)
 		return NULL;
-	memset(q, 0xa5, r->len);
-	/* The device may not write it legitimately: it is read-only now. */
-	mprotect(q, r->len, PROT_READ);
-	r->done = 1;
+	memset(fill, 0xa5, sizeof(fill));
+	for (off = 0; off < r->len; off += sizeof(fill))
+		if (write(mfd, fill, sizeof(fill)) != sizeof(fill))
+			goto out;
+	q = mmap(r->p, r->len, PROT_READ, MAP_SHARED | MAP_FIXED, mfd, 0);
+	if (q != MAP_FAILED)
+		r->done = 1;
+out:
+	close(mfd);
 	return NULL;
 }
 
