@@ -6,25 +6,14 @@
 
 mod common;
 
-use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use common::queue_guest::*;
 use common::*;
 use faultline_device::abi;
 
-/// Control memory (memfd): writeback block, command queue, page tables, completion record.
-const IOVA: u64 = 0x1_0000_0000;
-const RAM: u64 = 1 << 20;
-const WB: u64 = 0x1000;
-const CQ: u64 = 0x2000;
-const RECORD: u64 = 0x3000;
-const ROOT: u64 = 0x10000;
-const L2: u64 = 0x11000;
-/// The fd-less region: 1 GiB aligned so one 1 GiB leaf maps it (VA = IOVA).
-const BUF_IOVA: u64 = 0x4000_0000;
+/// The fd-less region, mapped by the 1 GiB leaf at BUF_IOVA.
 const BUF: u64 = 256 << 10;
-const MSIX_CONTROL: u64 = 0x42;
 const CTX: u16 = 1;
 const DMA_READ: u16 = 11;
 const DMA_WRITE: u16 = 12;
@@ -32,12 +21,9 @@ const DMA_WRITE: u16 = 12;
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Guest {
-    c: Raw,
-    ram: File,
+    q: QueueGuest,
     /// The fd-less region, as the client holds it.
     mem: Vec<u8>,
-    _irq: OwnedFd,
-    tail: u32,
     seq: u64,
 }
 
@@ -52,35 +38,9 @@ struct Request {
 
 impl Guest {
     fn setup(server: &Server) -> Guest {
-        let mut c = server.connect();
-        c.negotiate();
-        let ram = memfd(RAM);
-        c.dma_map(IOVA, RAM, Some(ram.as_raw_fd()))
-            .expect("map RAM");
-        c.dma_map(BUF_IOVA, BUF, None).expect("map fd-less buffer");
-        let irq = eventfd();
-        c.set_irqs_eventfd(MSIX, 0, &[irq.as_raw_fd()])
-            .expect("SET_IRQS");
-        c.region_write(CONFIG, 0x04, &0x0006u16.to_le_bytes())
-            .expect("command register");
-        c.region_write(CONFIG, MSIX_CONTROL, &0x8000u16.to_le_bytes())
-            .expect("MSI-X enable");
-        pwrite(&ram, ROOT, &((IOVA + L2) | abi::PTE_VALID).to_le_bytes());
-        let leaf = BUF_IOVA | abi::PTE_VALID | abi::PTE_READ | abi::PTE_WRITE | abi::PTE_LEAF;
-        pwrite(&ram, L2 + 8, &leaf.to_le_bytes());
-        c.write32(abi::REG_CONTROL, abi::CTRL_ENABLE);
-        c.write32(abi::REG_WB_LO, (IOVA + WB) as u32);
-        c.write32(abi::REG_WB_HI, ((IOVA + WB) >> 32) as u32);
-        c.write32(abi::REG_CQ_BASE_LO, (IOVA + CQ) as u32);
-        c.write32(abi::REG_CQ_BASE_HI, ((IOVA + CQ) >> 32) as u32);
-        c.write32(abi::REG_CQ_SIZE, 16);
-        c.write32(abi::REG_CQ_CONTROL, abi::CQ_CTRL_ENABLE);
         let mut g = Guest {
-            c,
-            ram,
+            q: QueueGuest::setup(server, BUF, None),
             mem: vec![0u8; BUF as usize],
-            _irq: irq,
-            tail: 0,
             seq: 0,
         };
         g.push(abi::OP_BIND, [IOVA + ROOT, 0, 0, 0, 0, 0]);
@@ -88,47 +48,37 @@ impl Guest {
     }
 
     fn push(&mut self, opcode: u8, args: [u64; 6]) {
-        let mut cmd = [0u8; 64];
-        cmd[0] = opcode;
-        cmd[2..4].copy_from_slice(&CTX.to_le_bytes());
-        cmd[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        self.q.push(opcode, CTX, self.seq, args);
         self.seq += 1;
-        for (i, a) in args.iter().enumerate() {
-            cmd[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
-        }
-        pwrite(&self.ram, CQ + u64::from(self.tail & 15) * 64, &cmd);
-        self.tail += 1;
-        self.c
-            .region_write_posted(BAR0, abi::REG_CQ_TAIL, &self.tail.to_le_bytes());
     }
 
     /// Starts a job whose record is cleared first.
     fn job(&mut self, opcode: u8, src: u64, dst: u64, len: u64, a3: u64, lanes: u64) {
-        pwrite(&self.ram, RECORD, &[0u8; 64]);
+        pwrite(&self.q.ram, RECORD, &[0u8; 64]);
         let a5 = u64::from(abi::PAT_SEQ) | lanes << 16 | 4096 << 32;
         self.push(opcode, [src, dst, len, a3, IOVA + RECORD, a5]);
     }
 
     fn status(&self) -> u32 {
-        u32::from_le_bytes(pread::<4>(&self.ram, RECORD + abi::COMPL_OFF_STATUS))
+        self.q.status()
     }
 
     /// The next server→client request, or `None` within `wait`.
     fn next_request(&mut self, wait: Duration) -> Option<Request> {
-        self.c.s.set_read_timeout(Some(wait)).unwrap();
+        self.q.c.s.set_read_timeout(Some(wait)).unwrap();
         let mut h = [0u8; 16];
-        let got = std::io::Read::read(&mut self.c.s, &mut h[..1]);
-        self.c.s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let got = std::io::Read::read(&mut self.q.c.s, &mut h[..1]);
+        self.q.c.s.set_read_timeout(Some(TIMEOUT)).unwrap();
         match got {
             Ok(1) => {}
             Ok(_) => panic!("server closed the connection"),
             Err(_) => return None,
         }
-        std::io::Read::read_exact(&mut self.c.s, &mut h[1..]).expect("request header");
+        std::io::Read::read_exact(&mut self.q.c.s, &mut h[1..]).expect("request header");
         let size = u32_at(&h, 4) as usize;
         assert!(size >= 32, "request of {size} bytes");
         let mut p = vec![0u8; size - 16];
-        std::io::Read::read_exact(&mut self.c.s, &mut p).expect("request payload");
+        std::io::Read::read_exact(&mut self.q.c.s, &mut p).expect("request payload");
         let flags = u32_at(&h, 8);
         assert_eq!(flags & 0xf, 0, "a command");
         let count = u64_at(&p, 8) as u32;
@@ -159,7 +109,7 @@ impl Guest {
         if r.command == DMA_WRITE {
             self.mem[at..at + n].copy_from_slice(&r.data);
             let m = message(r.id, DMA_WRITE, 1, &[]);
-            self.c.send_bytes(&m, &[]);
+            self.q.c.send_bytes(&m, &[]);
         } else {
             assert_eq!(r.command, DMA_READ);
             let mut p = Vec::with_capacity(16 + n);
@@ -167,7 +117,7 @@ impl Guest {
             p.extend_from_slice(&u64::from(r.count).to_le_bytes());
             p.extend_from_slice(&self.mem[at..at + n]);
             let m = message(r.id, DMA_READ, 1, &p);
-            self.c.send_bytes(&m, &[]);
+            self.q.c.send_bytes(&m, &[]);
         }
     }
 
@@ -265,7 +215,7 @@ fn bad_replies_fail_the_access_cleanly() {
     let reply = |g: &mut Guest, r: &Request, id: u16, flags: u32, err: u32, p: &[u8]| {
         let mut m = message(id, r.command, flags, p);
         m[12..16].copy_from_slice(&err.to_ne_bytes());
-        g.c.send_bytes(&m, &[]);
+        g.q.c.send_bytes(&m, &[]);
     };
     let fields = |r: &Request| {
         let mut p = r.offset.to_le_bytes().to_vec();
@@ -288,7 +238,7 @@ fn bad_replies_fail_the_access_cleanly() {
     });
     case(&mut g, "reply with another command", &|g, r| {
         let m = message(r.id, DMA_WRITE, 1, &[]);
-        g.c.send_bytes(&m, &[]);
+        g.q.c.send_bytes(&m, &[]);
     });
     let waited = case(&mut g, "wrong id, then silence", &|g, r| {
         let mut p = fields(r);
@@ -300,7 +250,7 @@ fn bad_replies_fail_the_access_cleanly() {
         "the silent client was waited for {waited:?}"
     );
     // The device and the connection still work, and so does a correct job.
-    assert_eq!(g.c.read32(BAR0, abi::REG_ID), abi::ID_MAGIC);
+    assert_eq!(g.q.c.read32(BAR0, abi::REG_ID), abi::ID_MAGIC);
     g.job(abi::OP_JOB_FILL, 0, BUF_IOVA, 0x2000, 0x5a, 1);
     g.serve_until_done();
     assert_eq!(g.status(), abi::JOB_OK);
@@ -359,13 +309,14 @@ fn unmap_waits_for_accesses_in_flight_and_none_follows_its_reply() {
     let first = g.next_request(TIMEOUT).expect("a request");
     assert_eq!(first.command, DMA_WRITE);
     let id =
-        g.c.send(DMA_UNMAP, 0, &dma_unmap_payload(0, BUF_IOVA, BUF), &[]);
+        g.q.c
+            .send(DMA_UNMAP, 0, &dma_unmap_payload(0, BUF_IOVA, BUF), &[]);
     // Until the reply, requests may still come (accesses that had their region already): answer
     // them. Then no request may follow.
     let deadline = Instant::now() + TIMEOUT;
     loop {
         assert!(Instant::now() < deadline, "no DMA_UNMAP reply");
-        let r = g.c.recv();
+        let r = g.q.c.recv();
         if r.flags & 0xf == 1 {
             assert_eq!(r.id, id, "reply id");
             assert_eq!(r.flags & 0x20, 0, "DMA_UNMAP failed: errno {}", r.error);
@@ -391,7 +342,7 @@ fn unmap_waits_for_accesses_in_flight_and_none_follows_its_reply() {
         "job never completed"
     );
     assert_eq!(g.status(), abi::JOB_DMA_ERROR);
-    assert_eq!(g.c.read32(BAR0, abi::REG_ID), abi::ID_MAGIC);
+    assert_eq!(g.q.c.read32(BAR0, abi::REG_ID), abi::ID_MAGIC);
     drop(g);
     server.assert_serves_new_client();
 }

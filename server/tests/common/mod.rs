@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+pub mod queue_guest;
+
 /// Generous bound for anything the server should do "at once".
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
