@@ -39,6 +39,77 @@
  * valid PTEs, each cleared under an INVALIDATE of its own). No event is
  * skipped: the driver never migrates pages itself.
  */
+/* An INVALIDATE queued by a callback of @ctx whose fence has not been seen. */
+static bool fl_inv_pending(struct fl_ctx *ctx)
+{
+	struct fl_dev *fl = ctx->fl;
+
+	lockdep_assert_held(&ctx->lock);
+	return ctx->inv_gen == READ_ONCE(fl->generation) &&
+	       fl_fence_read(fl, FL_SLOT_DONE) < ctx->inv_fence &&
+	       !READ_ONCE(fl->hw_stopped);
+}
+
+struct fl_inv_wait {
+	u64 fence;
+	u64 gen;
+};
+
+static bool fl_inv_done(struct fl_dev *fl, const void *arg)
+{
+	const struct fl_inv_wait *w = arg;
+
+	return fl_fence_read(fl, FL_SLOT_DONE) >= w->fence ||
+	       READ_ONCE(fl->generation) != w->gen || fl_broken(fl) ||
+	       READ_ONCE(fl->hw_stopped);
+}
+
+/*
+ * Queue INVALIDATE(ctx, @cleared) and its fence under ctx->lock, then wait
+ * for it without the lock (the fault work maps other blocks meanwhile; no
+ * PTE of the range can come back before the invalidation ends, since
+ * mmu_interval_read_begin() waits for it and read_retry() fails). The fence
+ * is recorded in ctx->inv_fence, so that a callback that finds nothing left
+ * to clear still waits for it. Drops ctx->lock.
+ */
+static void fl_block_inv_wait(struct fl_ctx *ctx, const struct fl_span *cleared)
+{
+	struct fl_dev *fl = ctx->fl;
+	struct fl_cmd cmd = {
+		.opcode = FL_OP_INVALIDATE,
+		.context = ctx->id,
+		.args = { cleared->start, cleared->end - cleared->start },
+	};
+	struct fl_request req;
+	u64 gen = ctx->bound_gen;
+	int err;
+
+	atomic64_inc(&fl->fst.invalidations);
+	err = fl_submit(fl, &cmd, 1, FLS_NOINTR, &req);
+	if (!err) {
+		ctx->inv_fence = max(ctx->inv_fence, req.fence);
+		ctx->inv_gen = gen;
+	}
+	mutex_unlock(&ctx->lock);
+	if (!err)
+		err = fl_wait_request(fl, &req);
+	if (err)
+		fl_stop_translations(fl, gen, err);
+}
+
+/* Wait, without ctx->lock, for the INVALIDATE another callback queued. */
+static void fl_block_pending_wait(struct fl_ctx *ctx)
+{
+	struct fl_dev *fl = ctx->fl;
+	struct fl_inv_wait w = { .fence = ctx->inv_fence, .gen = ctx->inv_gen };
+	int err;
+
+	mutex_unlock(&ctx->lock);
+	err = fl_wait_cond(fl, fl_inv_done, &w, FL_POLL_NS, false);
+	if (err)
+		fl_stop_translations(fl, w.gen, err);
+}
+
 static bool fl_block_invalidate(struct mmu_interval_notifier *mni,
 				const struct mmu_notifier_range *range,
 				unsigned long cur_seq)
@@ -49,9 +120,6 @@ static bool fl_block_invalidate(struct mmu_interval_notifier *mni,
 	u64 start = range->start, end = min_t(u64, range->end, FL_VA_LIMIT);
 	u64 bs = max(start, b->start), be = min(end, b->start + FL_HUGE_SIZE);
 	struct fl_span cleared = {};
-	struct fl_cmd cmd;
-	u64 gen;
-	int err;
 
 	atomic64_inc(&fl->fst.notifier_calls);
 	if (mmu_notifier_range_blockable(range)) {
@@ -62,7 +130,8 @@ static bool fl_block_invalidate(struct mmu_interval_notifier *mni,
 	}
 	/* A caller that cannot sleep cannot wait for the device either. */
 	if (!mmu_notifier_range_blockable(range)) {
-		if (bs < be && ctx->root && fl_pt_any(ctx->root, 3, 0, bs, be)) {
+		if ((bs < be && ctx->root && fl_pt_any(ctx->root, 3, 0, bs, be)) ||
+		    fl_inv_pending(ctx)) {
 			mutex_unlock(&ctx->lock);
 			atomic64_inc(&fl->fst.notifier_busy);
 			return false;
@@ -74,11 +143,10 @@ static bool fl_block_invalidate(struct mmu_interval_notifier *mni,
 	if (start < end && ctx->root)
 		fl_pt_clear(ctx->root, 3, 0, start, end, &cleared);
 	if (cleared.start >= cleared.end)
-		goto out;
+		goto nothing;
 
 	atomic64_inc(&fl->fst.notifier_clears);
-	gen = ctx->bound_gen;
-	if (gen != READ_ONCE(fl->generation))
+	if (ctx->bound_gen != READ_ONCE(fl->generation))
 		goto out;	/* reset since BIND: the device has nothing cached */
 	if (!down_read_trylock(&fl->io_rwsem))
 		goto out;	/* remove() holds it: it has reset the device */
@@ -86,16 +154,22 @@ static bool fl_block_invalidate(struct mmu_interval_notifier *mni,
 		up_read(&fl->io_rwsem);
 		goto out;	/* removed: reset for good, BAR0 gone */
 	}
-	cmd = (struct fl_cmd) {
-		.opcode = FL_OP_INVALIDATE,
-		.context = ctx->id,
-		.args = { cleared.start, cleared.end - cleared.start },
-	};
-	atomic64_inc(&fl->fst.invalidations);
-	err = fl_exec(fl, &cmd, 1, FLS_NOINTR);
-	if (err)
-		fl_stop_translations(fl, gen, err);
+	fl_block_inv_wait(ctx, &cleared);	/* drops ctx->lock */
 	up_read(&fl->io_rwsem);
+	return true;
+
+nothing:
+	/*
+	 * Nothing of ours is valid in the range now, but another callback
+	 * may have cleared it and still wait for its fence: the device may
+	 * hold the old translation until then, so wait too.
+	 */
+	if (mmu_notifier_range_blockable(range) && fl_inv_pending(ctx) &&
+	    down_read_trylock(&fl->io_rwsem)) {
+		fl_block_pending_wait(ctx);	/* drops ctx->lock */
+		up_read(&fl->io_rwsem);
+		return true;
+	}
 out:
 	mutex_unlock(&ctx->lock);
 	return true;

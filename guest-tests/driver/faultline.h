@@ -440,8 +440,9 @@ struct fl_ctx {
 	bool leak;			/* UNBIND failed: never free the tables */
 	/*
 	 * lock: the mirror's "update lock". Held by the invalidate callbacks
-	 * from mmu_interval_set_seq() until the device has acknowledged the
-	 * INVALIDATE (FENCE seen), and by the fault work from
+	 * from mmu_interval_set_seq() until their INVALIDATE is queued (they
+	 * wait for its FENCE without it: the range's PTEs cannot come back
+	 * before the invalidation ends), and by the fault work from
 	 * mmu_interval_read_retry() until the new PTEs are written, so a PTE
 	 * is never written from a stale hmm_range_fault() result. Also
 	 * serialises BIND/UNBIND of the context and every access to the
@@ -454,6 +455,8 @@ struct fl_ctx {
 	struct fl_pt *spare[FL_PT_SPARE];
 	unsigned int nspare;
 	u64 bound_gen;			/* fl->generation of the last BIND, or U64_MAX */
+	u64 inv_fence;			/* fence of the last callback's INVALIDATE */
+	u64 inv_gen;			/* fl->generation it was queued in */
 	u32 retire_put;			/* FL_REG_FR_PUT read after the UNBIND */
 	u64 retire_gen;			/* fl->generation of that read */
 
