@@ -7,6 +7,7 @@ mod common;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use common::queue_guest::start_queue;
 use common::*;
 use faultline_device::abi;
 
@@ -57,13 +58,7 @@ impl Guest {
             .expect("MSI-X enable");
 
         assert_eq!(c.read32(BAR0, abi::REG_ID), abi::ID_MAGIC);
-        c.write32(abi::REG_CONTROL, abi::CTRL_ENABLE);
-        c.write32(abi::REG_WB_LO, (IOVA + WB) as u32);
-        c.write32(abi::REG_WB_HI, ((IOVA + WB) >> 32) as u32);
-        c.write32(abi::REG_CQ_BASE_LO, (IOVA + CQ) as u32);
-        c.write32(abi::REG_CQ_BASE_HI, ((IOVA + CQ) >> 32) as u32);
-        c.write32(abi::REG_CQ_SIZE, cq_entries);
-        c.write32(abi::REG_CQ_CONTROL, abi::CQ_CTRL_ENABLE);
+        start_queue(&mut c, IOVA + WB, IOVA + CQ, cq_entries);
         let status = c.read32(BAR0, abi::REG_STATUS);
         assert_ne!(
             status & abi::STATUS_QUEUE_RUNNING,

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 
+use common::queue_guest::start_queue;
 use common::*;
 use faultline_device::abi;
 use faultline_device::jobs::{MAX_CHECKSUM_CHUNKS, MAX_DIGEST_BYTES, MAX_OUTSTANDING_JOBS};
@@ -230,13 +231,7 @@ fn job_flood_and_huge_checksums_leave_rss_bounded() {
     let ram = memfd(RAM);
     c.dma_map(IOVA, RAM, Some(ram.as_raw_fd()))
         .expect("map RAM");
-    c.write32(abi::REG_CONTROL, abi::CTRL_ENABLE);
-    c.write32(abi::REG_WB_LO, (IOVA + WB) as u32);
-    c.write32(abi::REG_WB_HI, ((IOVA + WB) >> 32) as u32);
-    c.write32(abi::REG_CQ_BASE_LO, (IOVA + CQ) as u32);
-    c.write32(abi::REG_CQ_BASE_HI, ((IOVA + CQ) >> 32) as u32);
-    c.write32(abi::REG_CQ_SIZE, CQ_ENTRIES);
-    c.write32(abi::REG_CQ_CONTROL, abi::CQ_CTRL_ENABLE);
+    start_queue(&mut c, IOVA + WB, IOVA + CQ, CQ_ENTRIES);
     job(&ram, 0, abi::OP_BIND, 0, [IOVA + ROOT, 0, 0, 0, 0, 0]);
     // Fill jobs up to four short of the job cap, then the largest CHECKSUMs there are (2^20
     // one-byte chunks: 8 MiB of digests each), then more fill jobs: all stall on faults.

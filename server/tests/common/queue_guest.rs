@@ -24,6 +24,18 @@ pub const BUF_IOVA: u64 = 0x4000_0000;
 const MSIX_CONTROL: u64 = 0x42;
 const CQ_ENTRIES: u32 = 16;
 
+/// Enables the device and its command queue: writeback block at `wb`, `entries` commands at `cq`
+/// (guest physical addresses).
+pub fn start_queue(c: &mut Raw, wb: u64, cq: u64, entries: u32) {
+    c.write32(abi::REG_CONTROL, abi::CTRL_ENABLE);
+    c.write32(abi::REG_WB_LO, wb as u32);
+    c.write32(abi::REG_WB_HI, (wb >> 32) as u32);
+    c.write32(abi::REG_CQ_BASE_LO, cq as u32);
+    c.write32(abi::REG_CQ_BASE_HI, (cq >> 32) as u32);
+    c.write32(abi::REG_CQ_SIZE, entries);
+    c.write32(abi::REG_CQ_CONTROL, abi::CQ_CTRL_ENABLE);
+}
+
 /// The guest side of one connection.
 pub struct QueueGuest {
     pub c: Raw,
@@ -53,13 +65,7 @@ impl QueueGuest {
         pwrite(&ram, ROOT, &((IOVA + L2) | abi::PTE_VALID).to_le_bytes());
         let leaf = BUF_IOVA | abi::PTE_VALID | abi::PTE_READ | abi::PTE_WRITE | abi::PTE_LEAF;
         pwrite(&ram, L2 + 8, &leaf.to_le_bytes());
-        c.write32(abi::REG_CONTROL, abi::CTRL_ENABLE);
-        c.write32(abi::REG_WB_LO, (IOVA + WB) as u32);
-        c.write32(abi::REG_WB_HI, ((IOVA + WB) >> 32) as u32);
-        c.write32(abi::REG_CQ_BASE_LO, (IOVA + CQ) as u32);
-        c.write32(abi::REG_CQ_BASE_HI, ((IOVA + CQ) >> 32) as u32);
-        c.write32(abi::REG_CQ_SIZE, CQ_ENTRIES);
-        c.write32(abi::REG_CQ_CONTROL, abi::CQ_CTRL_ENABLE);
+        start_queue(&mut c, IOVA + WB, IOVA + CQ, CQ_ENTRIES);
         QueueGuest {
             c,
             ram,
