@@ -1,19 +1,28 @@
 //! [`Device`]: the faultline PCI function as the vfio-user server sees it — regions, resets, counters.
+//!
+//! The device is the one owner of its components: it builds each with the handles it needs (guest
+//! memory, interrupts, the clock, the fault ring, the control state), starts their threads, routes region
+//! accesses to them, and is the one place that resets them, in one order ([`Device::reset`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use log::{debug, info, warn};
 
-use crate::bar0::Identity;
-use crate::commands::DeviceExtension;
-use crate::engines::{lane_thread, Engine};
-use crate::faults::FaultRingHw;
-use crate::msix::Msix;
-use crate::pci::CONFIG_SPACE_SIZE;
-use crate::queue::{Extension, Worker};
-use crate::shared::{lock, Shared};
+use crate::clock::Clock;
+use crate::control::{Control, Effects};
+use crate::counters::CounterBlock;
+use crate::dma::{Dma, RemoteDma};
+use crate::engine::{self, lane_thread, Engine};
+use crate::fault_ring::FaultRingHw;
+use crate::pci::{ConfigSpace, Interrupts, CONFIG_SPACE_SIZE};
+use crate::queue::decode::Limits;
+use crate::queue::ops::{DeviceExtension, FEATURES};
+use crate::queue::Worker;
+use crate::regs::{Identity, RegWrite};
+use crate::stats::Stats;
+use crate::sync::lock;
 use crate::{abi, region, AccessError, DeviceConfig, GuestMem, InterruptSink, RegionInfo};
 
 /// Why a [`Device`] could not be created.
@@ -47,7 +56,19 @@ pub enum DeviceError {
 /// The sink is called with device locks held (that is what orders an interrupt after the writeback it
 /// announces and before any later reset): [`InterruptSink::signal`] must not call back into the `Device`.
 pub struct Device {
-    shared: Arc<Shared>,
+    id: Identity,
+    dma: Dma,
+    irq: Interrupts,
+    /// Configuration space (`config` in the lock order of `sync.rs`).
+    config: Mutex<ConfigSpace>,
+    control: Arc<Control>,
+    ring: Arc<FaultRingHw>,
+    engine: Arc<Engine>,
+    clock: Arc<Clock>,
+    stats: Arc<Stats>,
+    counters: CounterBlock,
+    /// Region accesses refused for their width or alignment.
+    bad_accesses: AtomicU64,
     worker: Mutex<Option<JoinHandle<()>>>,
     /// Lane threads and the moderation timer.
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -56,7 +77,7 @@ pub struct Device {
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Device")
-            .field("identity", &self.shared.id)
+            .field("identity", &self.id)
             .finish_non_exhaustive()
     }
 }
@@ -97,7 +118,7 @@ fn validate(config: &DeviceConfig) -> Result<Identity, DeviceError> {
         return invalid("engines * lanes", "must be at most 4096");
     }
     Ok(Identity {
-        features: DeviceExtension.features(),
+        features: FEATURES,
         contexts: u32::from(config.contexts),
         engines: u32::from(config.engines),
         lanes: u32::from(config.lanes),
@@ -113,16 +134,46 @@ impl Device {
         irq: Arc<dyn InterruptSink>,
     ) -> Result<Device, DeviceError> {
         let id = validate(&config)?;
-        let (engine, lanes) = Engine::new(&config).map_err(|e| {
+        let dma = Dma::new(mem);
+        let irq = Interrupts::new(irq);
+        let clock = Arc::new(Clock::new());
+        let stats = Arc::new(Stats::new());
+        let control = Arc::new(Control::new(dma.clone(), irq.clone()));
+        let ring = Arc::new(FaultRingHw::new(
+            dma.clone(),
+            irq.clone(),
+            Arc::clone(&clock),
+        ));
+        let handles = engine::Handles {
+            dma: dma.clone(),
+            irq: irq.clone(),
+            ring: Arc::clone(&ring),
+            control: Arc::clone(&control),
+            stats: Arc::clone(&stats),
+            clock: Arc::clone(&clock),
+        };
+        let (engine, lanes) = Engine::new(&config, handles).map_err(|e| {
             warn!("engine configuration refused: {e}");
             DeviceError::InvalidConfig {
                 field: "engine",
                 reason: "refused by the MMU",
             }
         })?;
-        let shared = Arc::new(Shared::new(id, mem, Msix::new(irq), engine));
+        let engine = Arc::new(engine);
+        let counters =
+            CounterBlock::new(Arc::clone(&stats), Arc::clone(&engine), Arc::clone(&ring));
         let dev = Device {
-            shared: Arc::clone(&shared),
+            id,
+            dma: dma.clone(),
+            irq,
+            config: Mutex::new(ConfigSpace::new()),
+            control: Arc::clone(&control),
+            ring: Arc::clone(&ring),
+            engine: Arc::clone(&engine),
+            clock: Arc::clone(&clock),
+            stats: Arc::clone(&stats),
+            counters: counters.clone(),
+            bad_accesses: AtomicU64::new(0),
             worker: Mutex::new(None),
             threads: Mutex::new(Vec::with_capacity(lanes.len() + 1)),
         };
@@ -134,20 +185,26 @@ impl Device {
                 .map_err(DeviceError::SpawnThread)
         };
         for (e, l, lane) in lanes {
-            let sh = Arc::clone(&shared);
+            let eng = Arc::clone(&engine);
             let h = spawn(
                 format!("faultline-e{e}l{l}"),
-                Box::new(move || lane_thread(sh, e, l, lane)),
+                Box::new(move || lane_thread(eng, e, l, lane)),
             )?;
             lock(&dev.threads).push(h);
         }
-        let sh = Arc::clone(&shared);
+        let timer = Arc::clone(&ring);
         let h = spawn(
             "faultline-frirq".into(),
-            Box::new(move || FaultRingHw::timer_thread(&sh)),
+            Box::new(move || timer.timer_thread()),
         )?;
         lock(&dev.threads).push(h);
-        let worker = Worker::new(Arc::clone(&shared), Box::new(DeviceExtension));
+        let limits = Limits {
+            contexts: id.contexts,
+            engines: id.engines,
+            lanes: id.lanes,
+        };
+        let ext = DeviceExtension::new(engine, clock, limits);
+        let worker = Worker::new(control, dma, stats, counters, Box::new(ext));
         let handle = std::thread::Builder::new()
             .name("faultline-cq".into())
             .spawn(move || worker.run())
@@ -210,7 +267,7 @@ impl Device {
         if len == 4 && offset & 3 == 0 {
             return Ok(());
         }
-        let n = self.shared.bad_accesses.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.bad_accesses.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_power_of_two() {
             warn!("BAR0: refused {len}-byte access at {offset:#x} ({n} bad accesses so far)");
         }
@@ -233,12 +290,12 @@ impl Device {
                     data.fill(0xff);
                     return Err(e);
                 }
-                let val = self.shared.read_register(offset);
+                let val = self.read_register(offset);
                 data.copy_from_slice(&val.to_le_bytes());
             }
-            region::BAR1 => lock(&self.shared.msix).read(offset, data),
+            region::BAR1 => self.irq.with(|m| m.read(offset, data)),
             // `check` bounded offset by the 4 KiB region.
-            region::CONFIG => lock(&self.shared.config).read(offset as usize, data),
+            region::CONFIG => lock(&self.config).read(offset as usize, data),
             _ => return Err(AccessError::NoRegion(index)),
         }
         Ok(())
@@ -252,9 +309,9 @@ impl Device {
                 self.check_bar0_width(offset, data.len())?;
                 let mut val = [0u8; 4];
                 val.copy_from_slice(data);
-                self.shared.write_register(offset, u32::from_le_bytes(val));
+                self.write_register(offset, u32::from_le_bytes(val));
             }
-            region::BAR1 => lock(&self.shared.msix).write(offset, data),
+            region::BAR1 => self.irq.with(|m| m.write(offset, data)),
             region::CONFIG => self.write_config(offset as usize, data),
             _ => return Err(AccessError::NoRegion(index)),
         }
@@ -263,18 +320,18 @@ impl Device {
 
     fn write_config(&self, offset: usize, data: &[u8]) {
         let effects = {
-            let mut config = lock(&self.shared.config);
+            let mut config = lock(&self.config);
             let effects = config.write(offset, data);
             if let Some((enabled, masked)) = effects.msix_control {
                 // Under the config lock, so MSI-X sees control changes in configuration-space order.
                 debug!("MSI-X control: enable {enabled}, function mask {masked}");
-                lock(&self.shared.msix).set_control(enabled, masked);
+                self.irq.with(|m| m.set_control(enabled, masked));
             }
             effects
         };
         if effects.flr {
             info!("PCIe function-level reset");
-            self.shared.reset_function();
+            self.reset_function();
         }
     }
 
@@ -286,38 +343,96 @@ impl Device {
     /// once it returns the device performs no further guest write or interrupt for the old queue or jobs.
     pub fn reset(&self) {
         info!("device reset");
-        self.shared.reset_function();
+        self.reset_function();
+    }
+
+    /// Reads a BAR0 register.
+    fn read_register(&self, offset: u64) -> u32 {
+        let ring = self.ring.view();
+        self.control.read_register(offset, &self.id, ring)
+    }
+
+    /// Carries out a BAR0 register write (socket thread; never waits for the worker's batch).
+    fn write_register(&self, offset: u64, val: u32) {
+        match self.control.write_register(offset, val) {
+            None => {}
+            Some(RegWrite::Control(v)) if v & abi::CTRL_RESET != 0 => {
+                info!("FL_CTRL_RESET: device registers reset");
+                self.reset_registers();
+            }
+            Some(RegWrite::Control(v)) => self.control.write_control(v),
+            Some(RegWrite::CqTail(tail)) => self.control.doorbell(tail),
+            Some(RegWrite::CqControl(v)) => self.control.write_cq_control(v),
+            Some(RegWrite::FrGet(get)) => self.ring.doorbell(get),
+            Some(RegWrite::FrIrqDelay(us)) => self.ring.set_delay(us),
+            Some(RegWrite::FrControl(v)) => self.control.write_fr_control(v, &self.ring),
+        }
+    }
+
+    /// Everything a reset of any kind does besides configuration space and MSI-X, in this order: new
+    /// queue generation and registers to defaults (the worker abandons its batch), fault ring disabled,
+    /// clock restarted, counters cleared (kept for [`Device::session_stats`]), jobs aborted and contexts
+    /// unbound (waiting for pinned lanes).
+    fn reset_device(&self, fx: &Effects<'_>) {
+        let before = self.counters.counters();
+        self.control.reset(fx);
+        self.ring.reset();
+        self.clock.restart();
+        self.stats.clear();
+        self.engine.abort_all();
+        self.counters.retire(&before);
+    }
+
+    /// `FL_CTRL_RESET`: queues disabled, registers and counters to defaults, jobs aborted, worker idle.
+    /// Configuration space and MSI-X are untouched.
+    fn reset_registers(&self) {
+        self.dma.without_remote(|| {
+            let fx = self.control.effects_any();
+            self.reset_device(&fx);
+        });
+    }
+
+    /// Function reset (vfio-user DEVICE_RESET, PCIe FLR): registers, configuration space and MSI-X.
+    fn reset_function(&self) {
+        self.dma.without_remote(|| {
+            let fx = self.control.effects_any();
+            self.reset_device(&fx);
+            lock(&self.config).reset();
+            self.irq.with(|m| m.reset());
+        });
     }
 
     /// Serves guest memory the client mapped without a file descriptor through `remote` (vfio-user
     /// DMA_READ/DMA_WRITE): every device access that misses the mapped regions falls back to it.
-    pub fn set_remote_dma(&self, remote: Arc<dyn crate::RemoteDma>) {
-        self.shared.remote.set(remote);
+    pub fn set_remote_dma(&self, remote: Arc<dyn RemoteDma>) {
+        self.dma.set_remote(remote);
     }
 
     /// The `FL_STAT_COUNT` counters of spec section 7 (index = `FL_STAT_*`), since the last reset.
     pub fn stats(&self) -> Vec<u64> {
-        self.shared.counters().to_vec()
+        self.counters.counters().to_vec()
     }
 
     /// The same counters summed over the device's whole life (resets clear [`Device::stats`], not these):
     /// what the server logs when its client leaves. The ring high-water mark is the maximum.
     pub fn session_stats(&self) -> Vec<u64> {
-        self.shared.session_counters().to_vec()
+        self.counters.session_counters().to_vec()
     }
 
     /// Number of region accesses refused for their width or alignment.
     pub fn bad_accesses(&self) -> u64 {
-        self.shared.bad_accesses.load(Ordering::Relaxed)
+        self.bad_accesses.load(Ordering::Relaxed)
     }
 
     /// Stops and joins every device thread: running and stalled jobs complete with `FL_JOB_ABORTED` (when
     /// their record is reachable), later jobs too. Idempotent; also done on drop. Region accesses keep
     /// working afterwards, but the queue no longer executes commands.
     pub fn shutdown(&self) {
-        self.shared.request_shutdown();
-        self.shared.engine.shutdown(&self.shared);
-        self.shared.faults.shutdown();
+        // No resume: the device stops for good.
+        self.dma.stop_remote();
+        self.control.shutdown();
+        self.engine.shutdown();
+        self.ring.shutdown();
         let handle = lock(&self.worker).take();
         if let Some(handle) = handle {
             if handle.join().is_err() {

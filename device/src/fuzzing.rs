@@ -3,8 +3,9 @@
 //! section 4. Each function panics when an invariant breaks, which is what the fuzzer looks for.
 
 use crate::abi;
-use crate::jobs::{decode, Job, Limits, Op, Pattern, MAX_CHECKSUM_CHUNKS};
-use crate::queue::Command;
+use crate::engine::job::{Job, Op, Pattern, MAX_CHECKSUM_CHUNKS};
+use crate::queue::command::Command;
+use crate::queue::decode::{decode, Limits};
 
 /// Most chunks a decoded job is walked through (the chunk orders are checked exhaustively).
 const WALK_CHUNKS: u64 = 4096;

@@ -4,44 +4,49 @@
 //! Threading: [`Device`] is `Send + Sync`. Region accesses come from the server's socket thread and never block
 //! on device work; the command queue and the engines run on the device's own threads.
 //!
-//! Layout:
-//! - `pci/config.rs`: configuration space (byte masks, BAR sizing, MSI-X and PCIe capabilities, FLR);
-//! - `bar0.rs`: the register file of spec section 2;
-//! - `msix.rs`: the MSI-X table and PBA in BAR1, and interrupt delivery;
-//! - `shared.rs`: state shared with the worker, the lock order, and the queue *generation* that keeps a
-//!   reset from racing the worker;
-//! - `queue.rs`: the command-queue worker (NOP, FENCE, STATS; other opcodes go to the extension);
-//! - `commands.rs`: the extension: BIND/UNBIND, INVALIDATE(_ALL), REPLAY, CANCEL(_ALL), jobs, WAIT_JOBS;
-//! - `mmu_glue.rs`: guest memory as the MMU walker and the engines reach it (vm-memory, bounded);
-//! - `faults.rs`: the fault ring in guest memory, its writeback and interrupt moderation;
-//! - `jobs.rs`: job decoding and validation, chunk order, checksum, completion records;
-//! - `engines.rs`: lane threads, stalls, job completion, reset and shutdown of jobs;
-//! - `device.rs`: [`Device`], which routes region accesses to the above.
+//! Layout (each component gets its handles at construction; arrows are the only imports between them):
+//! - `device.rs`: [`Device`], the one owner: builds the components, routes region accesses, runs reset;
+//! - `pci/`: configuration space (`config.rs`) and MSI-X (`msix.rs`, BAR1, interrupt delivery through the
+//!   `Interrupts` handle);
+//! - `regs.rs`: the register file of spec section 2;
+//! - `control.rs`: registers, error state and the queue *generation* that keeps a reset from racing the
+//!   worker → `regs`, `dma`, `pci`, `fault_ring` (ring enable);
+//! - `dma/`: guest memory (the `Dma` handle, snapshots, client-served memory, the walker's view);
+//! - `fault_ring.rs`: the fault ring in guest memory, its writeback and interrupt moderation → `dma`,
+//!   `pci`, `clock`, `regs`;
+//! - `engine/`: the MMU, stalls, job book and lane threads (`lane.rs`), jobs and completion records
+//!   (`job.rs`) → `dma`, `pci`, `fault_ring`, `control` (error reports), `clock`, `stats`;
+//! - `queue/`: the command-queue worker (NOP, FENCE, STATS), command entries (`command.rs`), job decoding
+//!   (`decode.rs`) and the device's opcodes (`ops.rs`) → `control`, `dma`, `engine`, `counters`;
+//! - `counters.rs`, `stats.rs`, `clock.rs`, `trace.rs`: counters, the clock, the trace;
+//! - `sync.rs`: the one lock order.
 
 #![forbid(unsafe_code)]
 
 pub mod abi;
-mod bar0;
-mod commands;
+mod clock;
+mod control;
+mod counters;
 mod device;
-mod engines;
-mod faults;
+mod dma;
+mod engine;
+mod fault_ring;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod jobs;
-mod mmu_glue;
-mod msix;
 mod pci;
 mod queue;
-mod remote;
-mod shared;
+mod regs;
 mod stats;
+mod sync;
 pub mod trace;
+
+/// Jobs: the CHECKSUM definition and the device's job limits.
+pub use engine::job as jobs;
 
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 pub use device::{Device, DeviceError};
-pub use remote::{RemoteDma, RemoteDmaError};
+pub use dma::{RemoteDma, RemoteDmaError};
 
 /// Guest memory as the device sees it: the DMA-mapped regions, replaced atomically by the server on
 /// DMA_MAP/DMA_UNMAP. Every device access to guest memory goes through a snapshot of it.

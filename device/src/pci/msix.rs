@@ -8,10 +8,11 @@
 //! - Function mask set: signals set the vector's pending bit in the PBA and are delivered when the mask is
 //!   cleared (or discarded if MSI-X is disabled first).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::debug;
 
+use crate::sync::lock;
 use crate::{abi, InterruptSink};
 
 /// Bytes per MSI-X table entry.
@@ -129,6 +130,28 @@ impl Msix {
         } else {
             None
         }
+    }
+}
+
+/// The handle through which the device's components raise interrupts: the MSI-X state behind its lock
+/// (`msix`, last in the lock order of `sync.rs`). Cheap to clone; every clone reaches the same state.
+#[derive(Clone)]
+pub(crate) struct Interrupts(Arc<Mutex<Msix>>);
+
+impl Interrupts {
+    /// MSI-X in its reset state delivering to `sink`.
+    pub(crate) fn new(sink: Arc<dyn InterruptSink>) -> Self {
+        Interrupts(Arc::new(Mutex::new(Msix::new(sink))))
+    }
+
+    /// Raises `vector` (see [`Msix::signal`]).
+    pub(crate) fn signal(&self, vector: u16) {
+        lock(&self.0).signal(vector);
+    }
+
+    /// Runs `f` on the MSI-X state: BAR1 accesses, control changes, reset.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Msix) -> R) -> R {
+        f(&mut lock(&self.0))
     }
 }
 

@@ -19,52 +19,23 @@
 //! If a ring write fails (the driver DMA-unmapped the ring after enabling it), the ring is disabled and the
 //! poster makes the device enter the error state with `FL_ERR_FR_CONFIG`.
 //!
-//! Locks: `state` is the fault ring of the device's one lock order, stated in `shared.rs` (# Locks).
+//! The ring gets its handles at construction (guest memory, interrupts, the clock) and reports a failed
+//! write to its caller, which raises the device error.
+//!
+//! Locks: `state` is the fault ring of the device's one lock order (`sync.rs`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use faultline_mmu::{fault, Counters, FaultEntry, FaultRing, IrqAction, PostOutcome};
 use log::{debug, warn};
-use vm_memory::GuestAddressSpace;
-
-use crate::remote::Mem;
 
 use crate::abi;
-use crate::shared::{lock, Shared};
-
-/// Nanoseconds since the device was created or last reset: the fault timestamps and moderation deadlines.
-#[derive(Debug)]
-pub(crate) struct Clock {
-    created: Instant,
-    offset_ns: AtomicU64,
-}
-
-impl Clock {
-    /// A clock reading 0 now.
-    pub(crate) fn new() -> Self {
-        Clock {
-            created: Instant::now(),
-            offset_ns: AtomicU64::new(0),
-        }
-    }
-
-    fn raw_ns(&self) -> u64 {
-        u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Nanoseconds since the last [`Clock::restart`].
-    pub(crate) fn now_ns(&self) -> u64 {
-        self.raw_ns()
-            .saturating_sub(self.offset_ns.load(Ordering::Relaxed))
-    }
-
-    /// Starts counting from 0 again (device reset).
-    pub(crate) fn restart(&self) {
-        self.offset_ns.store(self.raw_ns(), Ordering::Relaxed);
-    }
-}
+use crate::clock::Clock;
+use crate::dma::{Dma, Mem};
+use crate::pci::Interrupts;
+use crate::regs::RingView;
+use crate::sync::lock;
 
 /// An enabled ring: where it is, and its producer state.
 #[derive(Debug)]
@@ -92,15 +63,6 @@ impl State {
     }
 }
 
-/// The register view of the ring, for BAR0 reads.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RingView {
-    /// `FL_FR_CTRL_ENABLE` / `FL_STATUS_FAULT_RING_ENABLED`.
-    pub enabled: bool,
-    /// `FL_REG_FR_PUT`.
-    pub put: u32,
-}
-
 /// Why a fault was not put in the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PostResult {
@@ -111,19 +73,32 @@ pub(crate) enum PostResult {
     /// No ring is enabled: the fault is dropped (the lane stays stalled, as on overflow).
     NoRing,
     /// The ring could not be written and is now disabled; the caller must raise `FL_ERR_FR_CONFIG`
-    /// ([`Shared::raise_error`]) once it holds no engine lock.
+    /// once it holds no engine lock.
     Failed,
 }
 
 /// The device side of the fault ring.
-#[derive(Debug, Default)]
 pub(crate) struct FaultRingHw {
+    dma: Dma,
+    irq: Interrupts,
+    clock: Arc<Clock>,
     state: Mutex<State>,
     /// Wakes the moderation timer thread (new deadline, shutdown); used with `state`.
     timer: Condvar,
 }
 
 impl FaultRingHw {
+    /// A disabled ring writing through `dma`, signalling through `irq`, timed by `clock`.
+    pub(crate) fn new(dma: Dma, irq: Interrupts, clock: Arc<Clock>) -> Self {
+        FaultRingHw {
+            dma,
+            irq,
+            clock,
+            state: Mutex::default(),
+            timer: Condvar::new(),
+        }
+    }
+
     /// Enables a ring the caller validated (`FL_FR_CTRL_ENABLE` 0→1): GET = PUT = 0, interrupt armed.
     /// Returns false if the model refuses the size (never for a validated ring).
     pub(crate) fn enable(&self, base: u64, size: u32, wb: u64, delay_us: u32) -> bool {
@@ -182,8 +157,9 @@ impl FaultRingHw {
         }
     }
 
-    /// `FL_REG_FR_GET` doorbell at `now_ns`: records GET, re-arms, and signals if entries are pending.
-    pub(crate) fn doorbell(&self, shared: &Shared, get: u32, now_ns: u64) {
+    /// `FL_REG_FR_GET` doorbell: records GET, re-arms, and signals if entries are pending.
+    pub(crate) fn doorbell(&self, get: u32) {
+        let now_ns = self.clock.now_ns();
         if crate::trace::enabled() {
             crate::trace::get_doorbell(get);
         }
@@ -193,44 +169,45 @@ impl FaultRingHw {
             return;
         };
         match a.ring.on_get_write(get, now_ns) {
-            Ok(action) => self.act(shared, action),
+            Ok(action) => self.act(action),
             Err(e) => debug!("FR_GET ignored: {e}"),
         }
     }
 
-    fn act(&self, shared: &Shared, action: IrqAction) {
+    fn act(&self, action: IrqAction) {
         match action {
             IrqAction::None => {}
-            IrqAction::Now => lock(&shared.msix).signal(abi::VEC_FAULT),
+            IrqAction::Now => self.irq.signal(abi::VEC_FAULT),
             IrqAction::At(_) => self.timer.notify_one(),
         }
     }
 
     /// Posts `entry` (timestamp already set). See the module documentation for the order of writes.
-    pub(crate) fn post(&self, shared: &Shared, entry: &FaultEntry) -> PostResult {
+    pub(crate) fn post(&self, entry: &FaultEntry) -> PostResult {
+        self.dma.with(|mem| self.post_in(&mem, entry))
+    }
+
+    fn post_in(&self, mem: &Mem<'_>, entry: &FaultEntry) -> PostResult {
         let mut st = lock(&self.state);
         let Some(a) = st.active.as_mut() else {
             return PostResult::NoRing;
         };
-        let local = shared.mem.memory();
-        let remote = shared.remote.get();
-        let mem = Mem::new(&local, remote.as_ref());
         let outcome = a.ring.post(entry.timestamp);
         let written = match outcome {
             PostOutcome::Posted { slot, irq, .. } => {
                 let gpa = a.base + FaultRing::slot_offset(slot);
-                write_entry(&mem, gpa, entry)
-                    .and_then(|()| store_u32(&mem, a.wb + abi::WB_FR_PUT, a.ring.put()))
+                write_entry(mem, gpa, entry)
+                    .and_then(|()| store_u32(mem, a.wb + abi::WB_FR_PUT, a.ring.put()))
                     .map(|()| (PostResult::Posted, irq))
             }
             PostOutcome::Overflow => {
-                store_u32(&mem, a.wb + abi::WB_FR_OVERFLOWS, a.ring.overflows() as u32)
+                store_u32(mem, a.wb + abi::WB_FR_OVERFLOWS, a.ring.overflows() as u32)
                     .map(|()| (PostResult::Overflow, IrqAction::None))
             }
         };
         match written {
             Ok((result, irq)) => {
-                self.act(shared, irq);
+                self.act(irq);
                 result
             }
             Err(gpa) => {
@@ -249,8 +226,8 @@ impl FaultRingHw {
 
     /// The moderation timer thread: raises vector 1 when a moderation deadline expires with entries pending
     /// and the interrupt still armed.
-    pub(crate) fn timer_thread(shared: &Shared) {
-        let hw = &shared.faults;
+    pub(crate) fn timer_thread(&self) {
+        let hw = self;
         let mut st = lock(&hw.state);
         loop {
             if st.shutdown {
@@ -264,11 +241,11 @@ impl FaultRingHw {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 continue;
             };
-            let now = shared.clock.now_ns();
+            let now = self.clock.now_ns();
             if now >= deadline {
                 if let Some(a) = st.active.as_mut() {
                     if a.ring.poll_irq(now) {
-                        lock(&shared.msix).signal(abi::VEC_FAULT);
+                        self.irq.signal(abi::VEC_FAULT);
                     }
                 }
                 continue;

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use faultline_mmu::{PhysError, PhysMem};
 
-use crate::RemoteDma;
+use super::RemoteDma;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, VolatileSlice,
 };

@@ -11,16 +11,26 @@
 //! 4 KiB aligned or not below 2^52; a CANCEL access mask with bits above 3. A root outside guest memory is
 //! accepted: jobs on it fail with `FL_JOB_DMA_ERROR` (guest memory can change after BIND anyway).
 
+use std::sync::Arc;
+
 use faultline_mmu::{Invalidation, MmuError, CONTEXT_ALL};
 use log::debug;
 
+use super::command::{CmdError, Command, Done, ExecCtx, Extension};
+use super::decode::{decode, Limits};
 use crate::abi;
-use crate::jobs::{decode, Limits};
-use crate::queue::{CmdError, Command, Done, ExecCtx, Extension};
+use crate::clock::Clock;
+use crate::engine::{Engine, SubmitError};
 
-/// The MMU, fault and job opcodes.
-#[derive(Debug, Default)]
-pub(crate) struct DeviceExtension;
+/// The `FL_FEAT_*` bits [`DeviceExtension`] implements.
+pub(crate) const FEATURES: u32 = abi::FEAT_MMU | abi::FEAT_FAULT_RING | abi::FEAT_ENGINES;
+
+/// The MMU, fault and job opcodes, carried out on the engine.
+pub(crate) struct DeviceExtension {
+    engine: Arc<Engine>,
+    clock: Arc<Clock>,
+    limits: Limits,
+}
 
 const BAD_ARG: CmdError = CmdError::Queue(abi::ERR_BAD_ARG);
 
@@ -29,25 +39,34 @@ fn mmu_err(e: MmuError) -> CmdError {
     BAD_ARG
 }
 
-/// The command's context, which must be a real one.
-fn one_ctx(cmd: &Command, ctx: &ExecCtx<'_>) -> Result<u16, CmdError> {
-    if u32::from(cmd.context) < ctx.shared().id.contexts {
-        Ok(cmd.context)
-    } else {
-        Err(BAD_ARG)
-    }
-}
-
-/// The command's context, a real one or [`CONTEXT_ALL`].
-fn ctx_or_all(cmd: &Command, ctx: &ExecCtx<'_>) -> Result<u16, CmdError> {
-    if cmd.context == CONTEXT_ALL {
-        Ok(CONTEXT_ALL)
-    } else {
-        one_ctx(cmd, ctx)
-    }
-}
-
 impl DeviceExtension {
+    /// The extension for `engine`, whose geometry is `limits`; REPLAY stamps stalls with `clock`.
+    pub(crate) fn new(engine: Arc<Engine>, clock: Arc<Clock>, limits: Limits) -> Self {
+        DeviceExtension {
+            engine,
+            clock,
+            limits,
+        }
+    }
+
+    /// The command's context, which must be a real one.
+    fn one_ctx(&self, cmd: &Command) -> Result<u16, CmdError> {
+        if u32::from(cmd.context) < self.limits.contexts {
+            Ok(cmd.context)
+        } else {
+            Err(BAD_ARG)
+        }
+    }
+
+    /// The command's context, a real one or [`CONTEXT_ALL`].
+    fn ctx_or_all(&self, cmd: &Command) -> Result<u16, CmdError> {
+        if cmd.context == CONTEXT_ALL {
+            Ok(CONTEXT_ALL)
+        } else {
+            self.one_ctx(cmd)
+        }
+    }
+
     fn invalidate<'m>(
         ctx: &ExecCtx<'_>,
         begin: impl FnOnce() -> Result<Invalidation<'m>, MmuError>,
@@ -61,57 +80,46 @@ impl DeviceExtension {
         Ok(())
     }
 
-    fn job(cmd: &Command, ctx: &ExecCtx<'_>) -> Result<(), CmdError> {
-        let sh = ctx.shared();
-        let limits = Limits {
-            contexts: sh.id.contexts,
-            engines: sh.id.engines,
-            lanes: sh.id.lanes,
-        };
-        let d = decode(cmd, &limits).map_err(|e| CmdError::Queue(e.0))?;
+    fn job(&self, cmd: &Command, ctx: &ExecCtx<'_>) -> Result<(), CmdError> {
+        let d = decode(cmd, &self.limits).map_err(|e| CmdError::Queue(e.0))?;
         // Back-pressure: the queue waits here (outside the effects lock) while the device holds
         // as many jobs or digests as it allows. An invalid job runs nothing and keeps no digests.
         let digests = if d.invalid { 0 } else { d.spec.digest_bytes() };
-        if !sh.engine.wait_for_room(digests, || ctx.is_current()) {
+        if !self.engine.wait_for_room(digests, || ctx.is_current()) {
             return Err(CmdError::Abandoned);
         }
-        ctx.effect(|mem| sh.engine.submit(sh, mem, &d))?
-            .map_err(|e| CmdError::Queue(e.0))
+        ctx.effect(|mem| self.engine.submit(mem, &d.spec, d.invalid))?
+            .map_err(|SubmitError::RecordUnreachable(_)| CmdError::Queue(abi::ERR_FENCE_DMA))
     }
 }
 
 impl Extension for DeviceExtension {
-    fn features(&self) -> u32 {
-        abi::FEAT_MMU | abi::FEAT_FAULT_RING | abi::FEAT_ENGINES
-    }
-
     fn execute(&mut self, cmd: &Command, ctx: &ExecCtx<'_>) -> Result<Done, CmdError> {
-        let sh = ctx.shared();
-        let eng = &sh.engine;
+        let eng = &self.engine;
         let [a0, a1, ..] = cmd.args;
         let done = Done {
             irq: cmd.flags & abi::CMD_F_IRQ != 0,
         };
         match cmd.opcode {
             abi::OP_BIND => {
-                let c = one_ctx(cmd, ctx)?;
+                let c = self.one_ctx(cmd)?;
                 ctx.effect(|_| eng.mmu.bind(c, a0))?.map_err(mmu_err)?;
             }
             abi::OP_UNBIND => {
-                let c = one_ctx(cmd, ctx)?;
+                let c = self.one_ctx(cmd)?;
                 ctx.effect(|_| eng.unbind(c))?.map_err(mmu_err)?;
             }
             abi::OP_INVALIDATE => {
-                let c = one_ctx(cmd, ctx)?;
+                let c = self.one_ctx(cmd)?;
                 Self::invalidate(ctx, || eng.mmu.begin_invalidate(c, a0, a1))?;
             }
-            abi::OP_INVALIDATE_ALL => match ctx_or_all(cmd, ctx)? {
+            abi::OP_INVALIDATE_ALL => match self.ctx_or_all(cmd)? {
                 CONTEXT_ALL => Self::invalidate(ctx, || Ok(eng.mmu.begin_invalidate_all()))?,
                 c => Self::invalidate(ctx, || eng.mmu.begin_invalidate_ctx(c))?,
             },
             abi::OP_REPLAY => {
-                let c = ctx_or_all(cmd, ctx)?;
-                let now = sh.clock.now_ns();
+                let c = self.ctx_or_all(cmd)?;
+                let now = self.clock.now_ns();
                 let traced = crate::trace::enabled().then(crate::trace::now);
                 let n = ctx.effect(|_| eng.stalls.replay(c, now))?;
                 debug!("REPLAY ctx {c:#x}: {n} lanes released");
@@ -120,7 +128,7 @@ impl Extension for DeviceExtension {
                 }
             }
             abi::OP_CANCEL => {
-                let c = one_ctx(cmd, ctx)?;
+                let c = self.one_ctx(cmd)?;
                 let mask = u8::try_from(a1)
                     .ok()
                     .filter(|m| m & !0xf == 0)
@@ -129,12 +137,12 @@ impl Extension for DeviceExtension {
                 debug!("CANCEL ctx {c} page {a0:#x} mask {mask:#x}: {n} lanes");
             }
             abi::OP_CANCEL_ALL => {
-                let c = ctx_or_all(cmd, ctx)?;
+                let c = self.ctx_or_all(cmd)?;
                 let n = ctx.effect(|_| eng.stalls.cancel_all(c))?;
                 debug!("CANCEL_ALL ctx {c:#x}: {n} lanes");
             }
             abi::OP_JOB_FILL | abi::OP_JOB_COPY | abi::OP_JOB_CHECKSUM | abi::OP_JOB_ATOMIC_ADD => {
-                Self::job(cmd, ctx)?;
+                self.job(cmd, ctx)?;
                 // The job raises FL_VEC_QUEUE itself when it completes.
                 return Ok(Done { irq: false });
             }
@@ -147,7 +155,7 @@ impl Extension for DeviceExtension {
     }
 
     fn wait_jobs(&mut self, ctx: &ExecCtx<'_>) -> Result<(), CmdError> {
-        let eng = &ctx.shared().engine;
+        let eng = &self.engine;
         if eng.wait_jobs(eng.horizon(), || ctx.is_current()) {
             Ok(())
         } else {

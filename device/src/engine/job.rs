@@ -22,7 +22,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::abi;
-use crate::queue::Command;
 
 /// FNV-1a 64 offset basis.
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -40,7 +39,7 @@ pub const MAX_DIGEST_BYTES: u64 = 32 << 20;
 /// Default chunk size (a5 bits 32–63 = 0).
 pub const DEFAULT_CHUNK: u64 = 4096;
 /// One past the highest device VA.
-const VA_LIMIT: u64 = 1 << abi::VA_BITS;
+pub(crate) const VA_LIMIT: u64 = 1 << abi::VA_BITS;
 
 /// Continues an FNV-1a 64 hash `h` over `bytes`.
 pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
@@ -137,91 +136,6 @@ impl JobSpec {
     pub(crate) fn writes(&self) -> bool {
         !matches!(self.op, Op::Checksum)
     }
-}
-
-/// Geometry the decoder checks jobs against.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// Contexts.
-    pub contexts: u32,
-    /// Engines.
-    pub engines: u32,
-    /// Lanes per engine.
-    pub lanes: u32,
-}
-
-/// A job command that passed the queue-level checks.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Decoded {
-    /// The job.
-    pub spec: JobSpec,
-    /// Complete at once with `FL_JOB_INVALID`, without running.
-    pub invalid: bool,
-}
-
-/// Why a job command is a queue error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct QueueError(pub u32);
-
-fn range_ok(va: u64, len: u64) -> bool {
-    va.checked_add(len).is_some_and(|end| end <= VA_LIMIT)
-}
-
-/// Decodes a job command. Queue-level problems are `Err`; job-level ones set [`Decoded::invalid`].
-pub(crate) fn decode(cmd: &Command, limits: &Limits) -> Result<Decoded, QueueError> {
-    let [a0, a1, a2, a3, a4, a5] = cmd.args;
-    if u32::from(cmd.context) >= limits.contexts {
-        return Err(QueueError(abi::ERR_BAD_ARG));
-    }
-    if a4 & (abi::COMPL_SIZE - 1) != 0 {
-        return Err(QueueError(abi::ERR_BAD_ARG));
-    }
-    let op = match cmd.opcode {
-        abi::OP_JOB_FILL => Op::Fill(a3 as u8),
-        abi::OP_JOB_COPY => Op::Copy,
-        abi::OP_JOB_CHECKSUM => Op::Checksum,
-        abi::OP_JOB_ATOMIC_ADD => Op::AtomicAdd(a3),
-        _ => return Err(QueueError(abi::ERR_BAD_OPCODE)),
-    };
-    let pattern = match a5 as u8 {
-        abi::PAT_SEQ => Some(Pattern::Seq),
-        abi::PAT_STRIDED => Some(Pattern::Strided),
-        abi::PAT_RANDOM => Some(Pattern::Random),
-        _ => None,
-    };
-    let engine = (a5 >> 8) as u8;
-    let lanes = ((a5 >> 16) & 0xff) as u16;
-    let chunk = match a5 >> 32 {
-        0 => DEFAULT_CHUNK,
-        c => c,
-    };
-    let spec = JobSpec {
-        op,
-        ctx: cmd.context,
-        src: a0,
-        dst: a1,
-        len: a2,
-        chunk,
-        pattern: pattern.unwrap_or(Pattern::Seq),
-        engine: (engine != abi::ENGINE_ANY).then_some(engine),
-        lanes,
-        seq: cmd.seq,
-        record: a4,
-        irq: cmd.flags & abi::CMD_F_IRQ != 0,
-    };
-    let mut invalid = pattern.is_none()
-        || (a5 >> 24) & 0xff != 0
-        || spec.engine.is_some_and(|e| u32::from(e) >= limits.engines)
-        || u32::from(lanes) > limits.lanes
-        || (spec.reads() && !range_ok(a0, a2))
-        || (spec.writes() && !range_ok(a1, a2));
-    match op {
-        Op::Copy => invalid |= a2 != 0 && a0 < a1.saturating_add(a2) && a1 < a0.saturating_add(a2),
-        Op::AtomicAdd(_) => invalid |= a1 % 8 != 0 || a2 % 8 != 0 || chunk % 8 != 0,
-        Op::Checksum => invalid |= spec.chunks() > MAX_CHECKSUM_CHUNKS,
-        Op::Fill(_) => {}
-    }
-    Ok(Decoded { spec, invalid })
 }
 
 /// The keyed permutation of `[0, n)` used by `FL_PAT_RANDOM`: a 4-round Feistel network over the smallest
@@ -395,9 +309,9 @@ impl Record {
     /// Writes the record at `gpa`: everything, then `status` with release order.
     pub(crate) fn write(
         &self,
-        mem: &crate::remote::Mem<'_>,
+        mem: &crate::dma::Mem<'_>,
         gpa: u64,
-    ) -> Result<(), crate::RemoteDmaError> {
+    ) -> Result<(), crate::dma::RemoteDmaError> {
         let mut body = [0u8; abi::COMPL_OFF_STATUS as usize];
         body[0..8].copy_from_slice(&self.seq.to_le_bytes());
         body[8..16].copy_from_slice(&self.bytes.to_le_bytes());
@@ -417,20 +331,6 @@ pub(crate) fn sat16(v: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cmd(opcode: u8, args: [u64; 6]) -> Command {
-        Command {
-            opcode,
-            args,
-            ..Command::default()
-        }
-    }
-
-    const LIM: Limits = Limits {
-        contexts: 4,
-        engines: 2,
-        lanes: 4,
-    };
 
     #[test]
     fn fnv_known_values() {
@@ -459,109 +359,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn decode_checks() {
-        let ok = decode(
-            &cmd(abi::OP_JOB_COPY, [0, 0x1000, 0x1000, 0, 0x40, 0]),
-            &LIM,
-        )
-        .unwrap();
-        assert!(!ok.invalid);
-        assert_eq!(ok.spec.chunk, 4096);
-        assert_eq!(ok.spec.engine, Some(0));
-        let overlap = decode(&cmd(abi::OP_JOB_COPY, [0, 0x800, 0x1000, 0, 0x40, 0]), &LIM).unwrap();
-        assert!(overlap.invalid);
-        let bad_ctx = Command {
-            context: 4,
-            ..cmd(abi::OP_JOB_FILL, [0; 6])
-        };
-        assert_eq!(
-            decode(&bad_ctx, &LIM).unwrap_err(),
-            QueueError(abi::ERR_BAD_ARG)
-        );
-        assert_eq!(
-            decode(&cmd(abi::OP_JOB_FILL, [0, 0, 8, 0, 0x30, 0]), &LIM).unwrap_err(),
-            QueueError(abi::ERR_BAD_ARG)
-        );
-        for a5 in [3u64, 1 << 24, 2 << 8, 5 << 16] {
-            let d = decode(&cmd(abi::OP_JOB_FILL, [0, 0, 8, 0, 0, a5]), &LIM).unwrap();
-            assert!(d.invalid, "a5 {a5:#x}");
-        }
-        let any = decode(
-            &cmd(
-                abi::OP_JOB_FILL,
-                [0, 0, 8, 0, 0, 0xff << 8 | 4 << 16 | 64 << 32],
-            ),
-            &LIM,
-        )
-        .unwrap();
-        assert!(!any.invalid);
-        assert_eq!(any.spec.engine, None);
-        assert_eq!(any.spec.chunk, 64);
-        assert!(
-            decode(&cmd(abi::OP_JOB_ATOMIC_ADD, [0, 4, 8, 0, 0, 0]), &LIM)
-                .unwrap()
-                .invalid
-        );
-        assert!(
-            decode(&cmd(abi::OP_JOB_ATOMIC_ADD, [0, 8, 12, 0, 0, 0]), &LIM)
-                .unwrap()
-                .invalid
-        );
-        assert!(
-            decode(
-                &cmd(abi::OP_JOB_ATOMIC_ADD, [0, 8, 16, 0, 0, 12 << 32]),
-                &LIM
-            )
-            .unwrap()
-            .invalid
-        );
-        assert!(
-            decode(&cmd(abi::OP_JOB_FILL, [0, VA_LIMIT - 8, 16, 0, 0, 0]), &LIM)
-                .unwrap()
-                .invalid
-        );
-        assert!(
-            !decode(
-                &cmd(abi::OP_JOB_FILL, [0, VA_LIMIT - 16, 16, 0, 0, 0]),
-                &LIM
-            )
-            .unwrap()
-            .invalid
-        );
-        assert!(
-            decode(
-                &cmd(abi::OP_JOB_CHECKSUM, [0, 0, 1 << 21, 0, 0, 1 << 32]),
-                &LIM
-            )
-            .unwrap()
-            .invalid
-        );
-    }
-
-    #[test]
-    fn chunk_orders() {
-        let spec = decode(&cmd(abi::OP_JOB_FILL, [0, 0, 10, 0, 0, 1 | 1 << 32]), &LIM)
-            .unwrap()
-            .spec;
-        let job = Job::new(0, JobSpec { lanes: 3, ..spec }, Some(0), 4);
-        assert_eq!(job.slots, 3);
-        let mut k = 0;
-        let mine: Vec<u64> = std::iter::from_fn(|| job.next_chunk(1, &mut k)).collect();
-        assert_eq!(mine, vec![1, 4, 7]);
-        let job = Job::new(
-            0,
-            JobSpec {
-                pattern: Pattern::Random,
-                ..spec
-            },
-            Some(0),
-            4,
-        );
-        let mut all: Vec<u64> = std::iter::from_fn(|| job.next_chunk(0, &mut k)).collect();
-        all.sort_unstable();
-        assert_eq!(all, (0..10).collect::<Vec<_>>());
     }
 }

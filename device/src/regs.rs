@@ -2,10 +2,19 @@
 //!
 //! This module only holds register state and decodes offsets. Registers whose writes have side effects
 //! (reset, queue enable, doorbells) are handed back to the device as a [`RegWrite`] so that it can apply
-//! them under the right locks (see `shared.rs`).
+//! them under the right locks (see `sync.rs`). The fault ring keeps its own state and shows it here as a
+//! [`RingView`].
 
 use crate::abi;
-use crate::faults::RingView;
+
+/// The register view of the fault ring, for BAR0 reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RingView {
+    /// `FL_FR_CTRL_ENABLE` / `FL_STATUS_FAULT_RING_ENABLED`.
+    pub enabled: bool,
+    /// `FL_REG_FR_PUT`.
+    pub put: u32,
+}
 
 /// Read-only identity values shown in BAR0.
 #[derive(Debug, Clone, Copy)]

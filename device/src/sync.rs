@@ -1,0 +1,43 @@
+//! Locking helpers and the device's one lock order.
+//!
+//! # Lock order
+//!
+//! Always taken in this order (a thread may skip any of them). This is the only statement of the order;
+//! every other module refers here.
+//!
+//! 1. [`Control`](crate::control::Control)'s `effects` — held around every guest-visible side effect of
+//!    the command worker (guest-memory writes, interrupts, MMU state changes, job submission) and around
+//!    every change of the queue *generation*. Held for one short step at a time.
+//! 2. `Control`'s `regs` — the register file; the worker's condition variable `wake` waits on it.
+//! 3. the engine's reset lock, then its stall *gate* (`engine/mod.rs`);
+//! 4. the stall table (`faultline_mmu::StallTable`) and the fault ring's `state` (`fault_ring.rs`);
+//! 5. the engine's job book and engine queues;
+//! 6. `config` — configuration space (owned by [`Device`](crate::Device));
+//! 7. `msix` — MSI-X table, PBA and delivery ([`Interrupts`](crate::pci::Interrupts)).
+//!
+//! # Waiting
+//!
+//! Only `effects`, `regs` and the engine's reset lock are ever held while waiting for a pinned lane, and
+//! lanes never take them while pinned. Lane threads take the gate and what follows it, never while
+//! pinned (holding a translation), and `effects` only to raise `FL_ERR_FR_CONFIG` while holding nothing
+//! else (with the generation they read under the gate). The command worker waits for room for a job
+//! (outstanding-job and digest limits) on the job book's condition variable holding no other lock. So a
+//! reset, which holds `effects` while it waits for pinned lanes (`Engine::abort_all`), never waits for a
+//! lane that waits for it: a pinned lane takes no lock and moves at most 64 KiB before unpinning.
+//!
+//! # The socket thread and client-served memory
+//!
+//! Guest memory the client serves (vfio-user DMA_READ/DMA_WRITE, `dma/remote.rs`) is reached by a
+//! message round trip to the client, and the client (QEMU) may meanwhile wait, holding its own global
+//! lock, for the socket thread to answer a region access. So the socket thread (region accesses,
+//! resets) never waits for a lock that a device thread holds across a client-served access. Where it has
+//! to stop such a thread (a reset), it first suspends the client-served memory, which fails every waiting
+//! access at once ([`Dma::without_remote`](crate::dma::Dma::without_remote)).
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks `m`, ignoring poisoning: every critical section leaves its data consistent, and a panic on one
+/// thread must not take the socket thread down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
