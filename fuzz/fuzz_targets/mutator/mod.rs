@@ -636,13 +636,18 @@ fn pick_command(rng: &mut Rng) -> u16 {
     }
 }
 
-/// Byte-level mutation of one payload by libFuzzer, within `room` more bytes.
-fn mutate_payload(m: &mut Msg, room: usize) {
+/// Byte-level mutation of one payload by libFuzzer, within `room` more bytes; false if there is
+/// nothing to mutate and no room to grow (libFuzzer's mutator needs a non-zero maximum).
+fn mutate_payload(m: &mut Msg, room: usize) -> bool {
     let len = m.payload.len();
     let max = len + room.min(256);
-    m.payload.resize(max.max(1), 0);
+    if max == 0 {
+        return false;
+    }
+    m.payload.resize(max, 0);
     let n = libfuzzer_sys::fuzzer_mutate(&mut m.payload, len, max);
     m.payload.truncate(n);
+    true
 }
 
 /// One message-level mutation of `s`; false if none applied (the caller falls back to libFuzzer's
@@ -662,8 +667,7 @@ fn mutate_stream(rng: &mut Rng, s: &mut Stream, room: usize) -> bool {
         0..=34 => {
             if s.msgs[i].command == cmd::VERSION && rng.chance(2, 3) {
                 // Its JSON is where VERSION's variety is.
-                mutate_payload(&mut s.msgs[i], room);
-                return true;
+                return mutate_payload(&mut s.msgs[i], room);
             }
             let fs = fields(s.msgs[i].command, s.msgs[i].payload.len());
             if fs.is_empty() {
@@ -758,7 +762,7 @@ fn mutate_stream(rng: &mut Rng, s: &mut Stream, room: usize) -> bool {
             }
         }
         // libFuzzer's byte mutator on one payload.
-        _ => mutate_payload(&mut s.msgs[i], room),
+        _ => return mutate_payload(&mut s.msgs[i], room),
     }
     true
 }
@@ -779,34 +783,63 @@ pub fn mutate(data: &mut [u8], size: usize, max_size: usize, seed: u32) -> usize
             }
         }
     }
-    libfuzzer_sys::fuzzer_mutate(data, size, max_size.min(data.len()))
+    let max = max_size.min(data.len());
+    if max == 0 {
+        return 0;
+    }
+    libfuzzer_sys::fuzzer_mutate(data, size, max)
 }
 
-/// The custom crossover: messages of `a` with a run of messages of `b` put among them, written to
-/// `out`; the size written returned.
+/// Where the messages of `data` start, then where the last one ends (as [`Stream::parse`] frames
+/// them).
+fn boundaries(data: &[u8]) -> Vec<usize> {
+    let mut at = vec![0];
+    let mut pos = 0;
+    while let Some(h) = Header::parse(&data[pos..]) {
+        let size = h.message_size as usize;
+        let rest = data.len() - pos;
+        pos += if (HEADER_SIZE..=rest).contains(&size) {
+            size
+        } else {
+            rest
+        };
+        at.push(pos);
+    }
+    at
+}
+
+/// The custom crossover: the messages of `a` with a run of messages of `b` put among them (the
+/// rest of `a` after them or not), written to `out`; the size written returned. Messages are
+/// copied whole, as found.
 pub fn crossover(a: &[u8], b: &[u8], out: &mut [u8], seed: u32) -> usize {
     let mut rng = Rng::new(seed);
-    let sa = Stream::parse(a);
-    let sb = Stream::parse(b);
-    let at = rng.below(sa.msgs.len() + 1);
-    let from = rng.below(sb.msgs.len() + 1);
-    let to = from + rng.below(sb.msgs.len() - from + 1);
-    let keep_rest = rng.chance(1, 2);
-    let mut msgs: Vec<&Msg> = sa.msgs[..at].iter().collect();
-    msgs.extend(&sb.msgs[from..to]);
-    if keep_rest {
-        msgs.extend(&sa.msgs[at..]);
+    let ba = boundaries(a);
+    let bb = boundaries(b);
+    let at = ba[rng.below(ba.len())];
+    let from = rng.below(bb.len());
+    let to = from + rng.below(bb.len() - from);
+    let mut parts = vec![&a[..at], &b[bb[from]..bb[to]]];
+    if rng.chance(1, 2) {
+        parts.push(&a[at..*ba.last().unwrap_or(&at)]);
     }
+    // Whole messages only: stop at the last boundary that fits.
     let mut written = 0;
-    let mut buf = Vec::new();
-    for m in msgs {
-        buf.clear();
-        m.write_to(&mut buf);
-        let Some(dst) = out.get_mut(written..written + buf.len()) else {
-            break;
+    for part in parts {
+        let fit = out.len() - written;
+        let n = if part.len() <= fit {
+            part.len()
+        } else {
+            boundaries(part)
+                .into_iter()
+                .take_while(|&e| e <= fit)
+                .last()
+                .unwrap_or(0)
         };
-        dst.copy_from_slice(&buf);
-        written += buf.len();
+        out[written..written + n].copy_from_slice(&part[..n]);
+        written += n;
+        if n < part.len() {
+            break;
+        }
     }
     written
 }
