@@ -427,7 +427,7 @@ fn value(rng: &mut Rng, kind: Kind, s: &Stream, m: usize, current: u64) -> u64 {
             let (addrs, _) = dma_values(s);
             match rng.below(6) {
                 0 if !addrs.is_empty() => rng.pick(&addrs),
-                1 => rng.pick(&[u64::MAX & !0xfff, 1 << 63, 1 << 47, u64::MAX]),
+                1 => rng.pick(&[!0xfff_u64, 1 << 63, 1 << 47, u64::MAX]),
                 2 => (rng.below(64) as u64) << 12 | (1 + rng.below(0xfff)) as u64,
                 _ => (rng.below(64) as u64) << 12,
             }
@@ -436,7 +436,7 @@ fn value(rng: &mut Rng, kind: Kind, s: &Stream, m: usize, current: u64) -> u64 {
             let (_, sizes) = dma_values(s);
             match rng.below(6) {
                 0 if !sizes.is_empty() => rng.pick(&sizes),
-                1 => rng.pick(&[0, 1, 0xfff, u64::MAX & !0xfff, 1 << 63, u64::MAX]),
+                1 => rng.pick(&[0, 1, 0xfff, !0xfff_u64, 1 << 63, u64::MAX]),
                 _ => (1 + rng.below(16) as u64) << 12,
             }
         }
