@@ -1,27 +1,24 @@
 //! The session fed a raw byte stream, framed as the connection frames it (header, checks, exactly
 //! `message_size` bytes): the format `faultline-server --record DIR` writes, so recorded QEMU
 //! sessions seed it (`fuzz/seeds/session_stream/`). Descriptors are not part of the stream.
+//!
+//! Mutated message-aware (`mutator/`): payload fields by their layout, whole messages inserted,
+//! copied, deleted, swapped and spliced from other inputs, sizes kept consistent.
+//! `session_stream_plain` is the same target with libFuzzer's own byte mutator, for comparison.
 #![no_main]
 
 mod common;
+mod mutator;
+mod stream;
 
-use faultline_server::protocol::{Header, HEADER_SIZE};
-use faultline_server::session::Session;
-use libfuzzer_sys::fuzz_target;
+use libfuzzer_sys::{fuzz_crossover, fuzz_mutator, fuzz_target};
 
-fuzz_target!(|data: &[u8]| {
-    let factory = common::factory();
-    let mut session = Session::new(&factory).expect("session");
-    let mut rest = data;
-    while let Some(hdr) = Header::parse(rest) {
-        let size = hdr.message_size as usize;
-        if size < HEADER_SIZE || size > rest.len() {
-            // Too small is a framing error; too large waits for bytes that never come.
-            return;
-        }
-        if !common::run_message(&mut session, &hdr, &rest[HEADER_SIZE..size], Vec::new()) {
-            return;
-        }
-        rest = &rest[size..];
-    }
+fuzz_target!(|data: &[u8]| stream::run(data));
+
+fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
+    mutator::mutate(data, size, max_size, seed)
+});
+
+fuzz_crossover!(|data1: &[u8], data2: &[u8], out: &mut [u8], seed: u32| {
+    mutator::crossover(data1, data2, out, seed)
 });
