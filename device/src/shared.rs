@@ -10,7 +10,8 @@
 //!    Held for one short step at a time.
 //! 2. `regs` — the register file; the worker's condition variable `wake` waits on it.
 //! 3. the engine's reset lock, then its stall *gate* (`engines.rs`);
-//! 4. the stall table (`faultline_mmu::StallTable`) and the fault ring (`faults.rs`);
+//! 4. the stall table (`faultline_mmu::StallTable`) and the fault ring's `writer`, then its `state`
+//!    (`faults.rs`);
 //! 5. the engine's job book and engine queues;
 //! 6. `config` — configuration space;
 //! 7. `msix` — MSI-X table, PBA and delivery.
@@ -24,6 +25,19 @@
 //! `effects` while it waits for pinned lanes (`Engine::abort_all`), never waits for a lane that waits for
 //! it: a pinned lane takes no lock and moves at most 64 KiB before unpinning.
 //!
+//! Guest memory the client serves (`remote.rs`) costs a message round trip per access, and the client
+//! (QEMU) may not answer before the socket thread has replied to a region access it waits for, its own
+//! global lock held. So **the socket thread never blocks on a lock held across such an access.** Device
+//! threads access guest memory holding `effects` (worker steps; a lane's or the worker's error report),
+//! the engine's gate, the fault ring's `writer` (posts) and the job book (completion records); never
+//! `regs`, the fault ring's `state`, `config` or `msix`, which are all that region reads, BAR0 writes
+//! other than the ones below, and the `FL_REG_FR_GET` doorbell take. The socket thread takes the former
+//! only with client-served accesses suspended (`Shared::without_remote`, which fails those in flight
+//! at once): resets always; `FL_REG_CQ_CONTROL`, `FL_ERR_BAD_TAIL` and a rejected fault-ring enable
+//! take `effects`, and `FL_REG_FR_CONTROL` disable waits for `writer`, suspending only if the lock is
+//! busy (`Shared::effects_now`, `Shared::quiesce_fault_ring`). Its own client-served writes are
+//! queued without waiting, and its reads fail (`remote_dma.rs` in the server).
+//!
 //! # Generations
 //!
 //! `generation` changes (with both `effects` and `regs` held) whenever the queue's world changes under the
@@ -36,7 +50,7 @@
 //! never for a batch or a stalled job.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use log::{debug, info, warn};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
@@ -199,6 +213,29 @@ impl Shared {
         f(Mem::new(&local, remote.as_ref()))
     }
 
+    /// The effects lock for the socket thread, which must not wait for the client: at once if it is free,
+    /// else with client-served accesses suspended while it waits (the holder may be waiting for a reply
+    /// the client sends only after the socket thread's next reply). A suspension fails every
+    /// client-served access in flight; the callers stop or replace the queue under the lock (new
+    /// generation), so the worker's failed access belonged to the queue that ends.
+    fn effects_now(&self) -> Effects<'_> {
+        match self.effects.try_lock() {
+            Ok(guard) => Effects { _guard: guard },
+            Err(TryLockError::Poisoned(e)) => Effects {
+                _guard: e.into_inner(),
+            },
+            Err(TryLockError::WouldBlock) => self.without_remote(|| self.effects_any()),
+        }
+    }
+
+    /// Stops the fault ring's writes to a ring just disabled (socket thread): waits for a poster still
+    /// writing it, with client-served accesses suspended if one is (as in `Shared::effects_now`).
+    fn quiesce_fault_ring(&self) {
+        if !self.faults.writes_idle() {
+            self.without_remote(|| self.faults.wait_writes());
+        }
+    }
+
     /// Takes the effects lock if the generation is still `gen`; `None` means the caller's queue is gone.
     pub(crate) fn effects(&self, gen: u64) -> Option<Effects<'_>> {
         let guard = lock(&self.effects);
@@ -224,6 +261,7 @@ impl Shared {
         self.bump(fx, &mut regs);
         regs.reset();
         self.faults.reset();
+        self.faults.wait_writes();
         self.clock.restart();
         self.stats.clear();
         drop(regs);
@@ -393,7 +431,10 @@ impl Shared {
             let gen = self.generation();
             drop(regs);
             warn!("CQ_TAIL {tail} beyond head {head} + size {size}");
-            self.raise_error(gen, abi::ERR_BAD_TAIL, tail);
+            let fx = self.effects_now();
+            if self.generation() == gen {
+                self.fail(&fx, abi::ERR_BAD_TAIL, tail);
+            }
             return;
         }
         q.tail = tail;
@@ -402,9 +443,13 @@ impl Shared {
     }
 
     fn write_cq_control(&self, val: u32) {
-        let fx = self.effects_any();
-        let mut regs = lock(&self.regs);
         let enable = val & abi::CQ_CTRL_ENABLE != 0;
+        // Only this (socket) thread enables or disables the queue: nothing to do needs no lock.
+        if lock(&self.regs).cq.is_some() == enable {
+            return;
+        }
+        let fx = self.effects_now();
+        let mut regs = lock(&self.regs);
         match (regs.cq.is_some(), enable) {
             (false, true) => {
                 if regs.error != abi::ERR_NONE {
@@ -450,8 +495,9 @@ impl Shared {
         }
     }
 
+    /// `FL_REG_FR_CONTROL`; holds `regs` (not `effects`, which the worker holds across guest-memory
+    /// accesses) so that an error entered meanwhile refuses the enable.
     fn write_fr_control(&self, val: u32) {
-        let fx = self.effects_any();
         let regs = lock(&self.regs);
         let enable = val & abi::FR_CTRL_ENABLE != 0;
         match (self.faults.view().enabled, enable) {
@@ -470,6 +516,7 @@ impl Shared {
                     warn!(
                         "fault ring enable: base {base:#x} size {size} writeback {wb:#x} rejected"
                     );
+                    let fx = self.effects_now();
                     self.fail_in(&fx, &mem, code, 0);
                     return;
                 }
@@ -478,7 +525,9 @@ impl Shared {
                 }
             }
             (true, false) => {
+                drop(regs);
                 self.faults.disable();
+                self.quiesce_fault_ring();
                 info!("fault ring disabled");
             }
             _ => {}
