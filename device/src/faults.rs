@@ -21,7 +21,8 @@
 //!    thread is told about the new deadline.
 //!
 //! So the PUT that `FL_REG_FR_PUT`, the doorbell and the timer see is always one already written back: an
-//! interrupt never announces an entry the driver cannot see yet.
+//! interrupt never announces an entry the driver cannot see yet. A driver may consume the entry between
+//! steps 2 and 3: its `FL_REG_FR_GET` for the PUT being written is applied in step 3.
 //!
 //! A `FL_REG_FR_GET` doorbell re-arms the interrupt and raises it again at once (or after the moderation
 //! delay) if `PUT != GET` (rule 4).
@@ -84,6 +85,10 @@ struct Active {
     base: u64,
     wb: u64,
     ring: FaultRing,
+    /// The `FL_WB_FR_PUT` a poster is writing (step 2) before the model's PUT follows (step 3).
+    writing: Option<u32>,
+    /// A `FL_REG_FR_GET` equal to `writing` (the driver saw that PUT already): applied in step 3.
+    early_get: Option<u32>,
 }
 
 /// What the ring mutex protects.
@@ -162,7 +167,13 @@ impl FaultRingHw {
         };
         let mut st = lock(&self.state);
         st.retire();
-        st.active = Some(Active { base, wb, ring });
+        st.active = Some(Active {
+            base,
+            wb,
+            ring,
+            writing: None,
+            early_get: None,
+        });
         true
     }
 
@@ -231,6 +242,10 @@ impl FaultRingHw {
             debug!("FR_GET {get} ignored: fault ring disabled");
             return;
         };
+        if a.writing == Some(get) && a.ring.put() != get {
+            a.early_get = Some(get);
+            return;
+        }
         match a.ring.on_get_write(get, now_ns) {
             Ok(action) => self.act(shared, action),
             Err(e) => debug!("FR_GET ignored: {e}"),
@@ -264,6 +279,7 @@ impl FaultRingHw {
                 }
             } else {
                 let index = a.ring.put();
+                a.writing = Some(index.wrapping_add(1));
                 Reserved::Entry {
                     gpa: a.base + FaultRing::slot_offset(index & (a.ring.size() - 1)),
                     index,
@@ -290,7 +306,9 @@ impl FaultRingHw {
         let Some(a) = st.active.as_mut() else {
             return PostResult::NoRing;
         };
-        match reserved {
+        a.writing = None;
+        let early_get = a.early_get.take();
+        let result = match reserved {
             Reserved::Overflow { .. } => PostResult::Overflow,
             // GET only moves forward and PUT only here, under `writer`: the slot is still free.
             Reserved::Entry { index, .. } => match a.ring.post(entry.timestamp) {
@@ -304,7 +322,14 @@ impl FaultRingHw {
                     PostResult::Overflow
                 }
             },
+        };
+        if let Some(get) = early_get {
+            match a.ring.on_get_write(get, shared.clock.now_ns()) {
+                Ok(action) => self.act(shared, action),
+                Err(e) => debug!("FR_GET ignored: {e}"),
+            }
         }
+        result
     }
 
     /// Asks the moderation timer thread to exit.
