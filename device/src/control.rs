@@ -18,7 +18,7 @@
 //! Locks: `effects` and `regs` are the first two of the device's one lock order (`sync.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 
 use log::{debug, info, warn};
 
@@ -131,6 +131,29 @@ impl Control {
     pub(crate) fn effects_any(&self) -> Effects<'_> {
         Effects {
             _guard: lock(&self.effects),
+        }
+    }
+
+    /// The effects lock for the socket thread, which must not wait for the client: at once if it is free,
+    /// else with client-served accesses suspended while it waits (the holder may be waiting for a reply
+    /// the client sends only after the socket thread's next reply). A suspension fails every
+    /// client-served access in flight; the callers stop or replace the queue under the lock (new
+    /// generation), so the worker's failed access belonged to the queue that ends.
+    fn effects_now(&self) -> Effects<'_> {
+        match self.effects.try_lock() {
+            Ok(guard) => Effects { _guard: guard },
+            Err(TryLockError::Poisoned(e)) => Effects {
+                _guard: e.into_inner(),
+            },
+            Err(TryLockError::WouldBlock) => self.dma.without_remote(|| self.effects_any()),
+        }
+    }
+
+    /// Stops the fault ring's writes to a ring just disabled (socket thread): waits for a poster still
+    /// writing it, with client-served accesses suspended if one is (as in `Control::effects_now`).
+    fn quiesce_fault_ring(&self, ring: &FaultRingHw) {
+        if !ring.writes_idle() {
+            self.dma.without_remote(|| ring.wait_writes());
         }
     }
 
@@ -279,7 +302,10 @@ impl Control {
             let gen = self.generation();
             drop(regs);
             warn!("CQ_TAIL {tail} beyond head {head} + size {size}");
-            self.raise_error(gen, abi::ERR_BAD_TAIL, tail);
+            let fx = self.effects_now();
+            if self.generation() == gen {
+                self.fail(&fx, abi::ERR_BAD_TAIL, tail);
+            }
             return;
         }
         q.tail = tail;
@@ -289,9 +315,13 @@ impl Control {
 
     /// `FL_REG_CQ_CONTROL`: enables (after validating the ring and writeback block) or disables the queue.
     pub(crate) fn write_cq_control(&self, val: u32) {
-        let fx = self.effects_any();
-        let mut regs = lock(&self.regs);
         let enable = val & abi::CQ_CTRL_ENABLE != 0;
+        // Only the socket thread enables or disables the queue: nothing to do needs no lock.
+        if lock(&self.regs).cq.is_some() == enable {
+            return;
+        }
+        let fx = self.effects_now();
+        let mut regs = lock(&self.regs);
         match (regs.cq.is_some(), enable) {
             (false, true) => self.dma.with(|mem| self.enable_cq(&fx, regs, &mem)),
             (true, false) => {
@@ -337,27 +367,24 @@ impl Control {
     }
 
     /// `FL_REG_FR_CONTROL`: enables `ring` (after validating it and the writeback block) or disables it.
+    /// Holds `regs` (not `effects`, which the worker holds across guest-memory accesses) so that an error
+    /// entered meanwhile refuses the enable.
     pub(crate) fn write_fr_control(&self, val: u32, ring: &FaultRingHw) {
-        let fx = self.effects_any();
         let regs = lock(&self.regs);
         let enable = val & abi::FR_CTRL_ENABLE != 0;
         match (ring.view().enabled, enable) {
-            (false, true) => self.dma.with(|mem| self.enable_fr(&fx, regs, &mem, ring)),
+            (false, true) => self.dma.with(|mem| self.enable_fr(regs, &mem, ring)),
             (true, false) => {
+                drop(regs);
                 ring.disable();
+                self.quiesce_fault_ring(ring);
                 info!("fault ring disabled");
             }
             _ => {}
         }
     }
 
-    fn enable_fr(
-        &self,
-        fx: &Effects<'_>,
-        regs: MutexGuard<'_, Regs>,
-        mem: &Mem<'_>,
-        ring: &FaultRingHw,
-    ) {
+    fn enable_fr(&self, regs: MutexGuard<'_, Regs>, mem: &Mem<'_>, ring: &FaultRingHw) {
         if regs.error != abi::ERR_NONE {
             warn!("fault ring enable ignored: device in error state, reset first");
             return;
@@ -367,7 +394,8 @@ impl Control {
         if code != abi::ERR_NONE {
             drop(regs);
             warn!("fault ring enable: base {base:#x} size {size} writeback {wb:#x} rejected");
-            self.fail_in(fx, mem, code, 0);
+            let fx = self.effects_now();
+            self.fail_in(&fx, mem, code, 0);
             return;
         }
         if ring.enable(base, size, wb, regs.fr_irq_delay) {

@@ -370,13 +370,14 @@ impl Device {
     }
 
     /// Everything a reset of any kind does besides configuration space and MSI-X, in this order: new
-    /// queue generation and registers to defaults (the worker abandons its batch), fault ring disabled,
-    /// clock restarted, counters cleared (kept for [`Device::session_stats`]), jobs aborted and contexts
+    /// queue generation and registers to defaults (the worker abandons its batch), fault ring disabled
+    /// (waiting for a post still writing it), clock restarted, counters cleared (kept for [`Device::session_stats`]), jobs aborted and contexts
     /// unbound (waiting for pinned lanes).
     fn reset_device(&self, fx: &Effects<'_>) {
         let before = self.counters.counters();
         self.control.reset(fx);
         self.ring.reset();
+        self.ring.wait_writes();
         self.clock.restart();
         self.stats.clear();
         self.engine.abort_all();

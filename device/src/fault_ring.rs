@@ -2,29 +2,43 @@
 //! `FL_WB_FR_OVERFLOWS` writeback, and `FL_VEC_FAULT` arming with moderation.
 //!
 //! The producer logic (PUT, overflow, arming, moderation deadlines) is [`faultline_mmu::FaultRing`]; this
-//! module puts it in guest memory. Everything happens under one mutex, [`FaultRingHw::state`], so entries
-//! become visible in index order (rule 1), and a reset or disable that took the mutex has stopped every
-//! later write to the old ring.
+//! module puts it in guest memory. Two mutexes:
+//! - [`FaultRingHw::state`] holds the ring's registers and the producer model. It is only ever held for
+//!   bookkeeping, never across a guest-memory access: with memory the client serves, an access is a
+//!   message round trip, and the socket thread takes `state` for every BAR0 register read and for the
+//!   `FL_REG_FR_GET` doorbell.
+//! - [`FaultRingHw::writer`] serialises the posters' guest-memory writes, so entries become visible in
+//!   index order (rule 1). The socket thread takes it only to stop ring writes (reset, disable), with
+//!   client-served accesses suspended if a poster holds it (see `Control::quiesce_fault_ring`).
 //!
-//! Posting an entry (a lane, after registering its stall):
-//! 1. [`FaultRing::post`] picks the slot, or counts an overflow (rule 2: the lane stays stalled and faults
-//!    again on the next REPLAY);
-//! 2. the body (bytes 0..0x1c) is written, then the info word with `FL_FAULT_VALID` by a release store;
-//! 3. `FL_WB_FR_PUT` (or `FL_WB_FR_OVERFLOWS`) is written by a release store;
-//! 4. vector 1 is raised now, or the moderation timer thread is told about the new deadline.
+//! Posting an entry (a lane, after registering its stall), with `writer` held throughout:
+//! 1. under `state`: the slot is the model's PUT if the ring is not full; if it is full, [`FaultRing::post`]
+//!    counts an overflow (rule 2: the lane stays stalled and faults again on the next REPLAY);
+//! 2. without `state`: the body (bytes 0..0x1c) is written, then the info word with `FL_FAULT_VALID` by a
+//!    release store, then `FL_WB_FR_PUT` = slot index + 1 (or `FL_WB_FR_OVERFLOWS`) by a release store;
+//! 3. under `state`, if the ring was not disabled or replaced meanwhile (its *epoch* is unchanged):
+//!    [`FaultRing::post`] advances the model's PUT, and vector 1 is raised now, or the moderation timer
+//!    thread is told about the new deadline.
+//!
+//! So the PUT that `FL_REG_FR_PUT`, the doorbell and the timer see is always one already written back: an
+//! interrupt never announces an entry the driver cannot see yet. A driver may consume the entry between
+//! steps 2 and 3: its `FL_REG_FR_GET` for the PUT being written is applied in step 3.
 //!
 //! A `FL_REG_FR_GET` doorbell re-arms the interrupt and raises it again at once (or after the moderation
 //! delay) if `PUT != GET` (rule 4).
 //!
-//! If a ring write fails (the driver DMA-unmapped the ring after enabling it), the ring is disabled and the
-//! poster makes the device enter the error state with `FL_ERR_FR_CONFIG`.
+//! Disabling or resetting the ring changes its epoch under `state`, then waits for `writer`: once it
+//! returns, no write to the old ring follows. A poster whose ring was disabled meanwhile drops its fault
+//! (as if no ring were enabled: the lane stays stalled), even if its writes failed. If a ring write fails
+//! while its ring is still enabled (the driver DMA-unmapped the ring after enabling it), the ring is
+//! disabled and the poster makes the device enter the error state with `FL_ERR_FR_CONFIG`.
 //!
 //! The ring gets its handles at construction (guest memory, interrupts, the clock) and reports a failed
 //! write to its caller, which raises the device error.
 //!
-//! Locks: `state` is the fault ring of the device's one lock order (`sync.rs`).
+//! Locks: `writer`, then `state`, are the fault ring of the device's one lock order (`sync.rs`).
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, TryLockError};
 use std::time::Duration;
 
 use faultline_mmu::{fault, Counters, FaultEntry, FaultRing, IrqAction, PostOutcome};
@@ -43,6 +57,10 @@ struct Active {
     base: u64,
     wb: u64,
     ring: FaultRing,
+    /// The `FL_WB_FR_PUT` a poster is writing (step 2) before the model's PUT follows (step 3).
+    writing: Option<u32>,
+    /// A `FL_REG_FR_GET` equal to `writing` (the driver saw that PUT already): applied in step 3.
+    early_get: Option<u32>,
 }
 
 /// What the ring mutex protects.
@@ -51,12 +69,16 @@ struct State {
     active: Option<Active>,
     /// Overflows and high-water mark of rings disabled since the last reset.
     retired: Counters,
+    /// Changes whenever `active` is replaced (enable, disable, failure, reset): a poster's writes count
+    /// only if the epoch it reserved its slot in is still current.
+    epoch: u64,
     /// The moderation timer thread must exit.
     shutdown: bool,
 }
 
 impl State {
     fn retire(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
         if let Some(a) = self.active.take() {
             a.ring.add_counters(&mut self.retired);
         }
@@ -77,12 +99,22 @@ pub(crate) enum PostResult {
     Failed,
 }
 
+/// Where a poster writes, decided under `state` (step 1 of the module documentation).
+enum Reserved {
+    /// Entry index `index` goes to `gpa`, then `index + 1` to `FL_WB_FR_PUT` at `put_wb`.
+    Entry { gpa: u64, index: u32, put_wb: u64 },
+    /// The ring was full: the overflow count `count` goes to `FL_WB_FR_OVERFLOWS` at `wb`.
+    Overflow { wb: u64, count: u32 },
+}
+
 /// The device side of the fault ring.
 pub(crate) struct FaultRingHw {
     dma: Dma,
     irq: Interrupts,
     clock: Arc<Clock>,
     state: Mutex<State>,
+    /// Held by a poster across its guest-memory writes (see the module documentation).
+    writer: Mutex<()>,
     /// Wakes the moderation timer thread (new deadline, shutdown); used with `state`.
     timer: Condvar,
 }
@@ -95,6 +127,7 @@ impl FaultRingHw {
             irq,
             clock,
             state: Mutex::default(),
+            writer: Mutex::new(()),
             timer: Condvar::new(),
         }
     }
@@ -111,20 +144,39 @@ impl FaultRingHw {
         };
         let mut st = lock(&self.state);
         st.retire();
-        st.active = Some(Active { base, wb, ring });
+        st.active = Some(Active {
+            base,
+            wb,
+            ring,
+            writing: None,
+            early_get: None,
+        });
         true
     }
 
-    /// Disables the ring (`FL_FR_CTRL_ENABLE` 1→0); its counters are kept until the next reset.
+    /// Disables the ring (`FL_FR_CTRL_ENABLE` 1→0); its counters are kept until the next reset. Posts
+    /// already writing may still write the old ring until [`FaultRingHw::wait_writes`] returns.
     pub(crate) fn disable(&self) {
         lock(&self.state).retire();
     }
 
-    /// Device reset: ring disabled, counters cleared.
+    /// Device reset: ring disabled, counters cleared. As for [`FaultRingHw::disable`], follow with
+    /// [`FaultRingHw::wait_writes`].
     pub(crate) fn reset(&self) {
         let mut st = lock(&self.state);
-        st.active = None;
+        st.retire();
         st.retired = Counters::default();
+    }
+
+    /// Waits until no poster is writing a ring disabled before this call: then no write to such a ring
+    /// follows. A poster's client-served write may wait for the client; see `Control::quiesce_fault_ring`.
+    pub(crate) fn wait_writes(&self) {
+        drop(lock(&self.writer));
+    }
+
+    /// [`FaultRingHw::wait_writes`] if no poster is writing now; false if one is.
+    pub(crate) fn writes_idle(&self) -> bool {
+        !matches!(self.writer.try_lock(), Err(TryLockError::WouldBlock))
     }
 
     /// Register view for BAR0 reads.
@@ -168,6 +220,10 @@ impl FaultRingHw {
             debug!("FR_GET {get} ignored: fault ring disabled");
             return;
         };
+        if a.writing == Some(get) && a.ring.put() != get {
+            a.early_get = Some(get);
+            return;
+        }
         match a.ring.on_get_write(get, now_ns) {
             Ok(action) => self.act(action),
             Err(e) => debug!("FR_GET ignored: {e}"),
@@ -182,40 +238,76 @@ impl FaultRingHw {
         }
     }
 
-    /// Posts `entry` (timestamp already set). See the module documentation for the order of writes.
+    /// Posts `entry` (timestamp already set). See the module documentation for the steps.
     pub(crate) fn post(&self, entry: &FaultEntry) -> PostResult {
-        self.dma.with(|mem| self.post_in(&mem, entry))
-    }
-
-    fn post_in(&self, mem: &Mem<'_>, entry: &FaultEntry) -> PostResult {
+        let _writer = lock(&self.writer);
+        let (reserved, epoch) = {
+            let mut st = lock(&self.state);
+            let epoch = st.epoch;
+            let Some(a) = st.active.as_mut() else {
+                return PostResult::NoRing;
+            };
+            let reserved = if a.ring.is_full() {
+                // Counts the overflow (the model's PUT does not move).
+                let outcome = a.ring.post(entry.timestamp);
+                debug_assert!(matches!(outcome, PostOutcome::Overflow));
+                Reserved::Overflow {
+                    wb: a.wb + abi::WB_FR_OVERFLOWS,
+                    count: a.ring.overflows() as u32,
+                }
+            } else {
+                let index = a.ring.put();
+                a.writing = Some(index.wrapping_add(1));
+                Reserved::Entry {
+                    gpa: a.base + FaultRing::slot_offset(index & (a.ring.size() - 1)),
+                    index,
+                    put_wb: a.wb + abi::WB_FR_PUT,
+                }
+            };
+            (reserved, epoch)
+        };
+        let written = self.dma.with(|mem| match reserved {
+            Reserved::Entry { gpa, index, put_wb } => write_entry(&mem, gpa, entry)
+                .and_then(|()| store_u32(&mem, put_wb, index.wrapping_add(1))),
+            Reserved::Overflow { wb, count } => store_u32(&mem, wb, count),
+        });
         let mut st = lock(&self.state);
+        if st.epoch != epoch {
+            debug!("fault ring disabled while an entry was written; fault dropped");
+            return PostResult::NoRing;
+        }
+        if let Err(gpa) = written {
+            warn!("fault ring write at {gpa:#x} failed; ring disabled");
+            st.retire();
+            return PostResult::Failed;
+        }
         let Some(a) = st.active.as_mut() else {
             return PostResult::NoRing;
         };
-        let outcome = a.ring.post(entry.timestamp);
-        let written = match outcome {
-            PostOutcome::Posted { slot, irq, .. } => {
-                let gpa = a.base + FaultRing::slot_offset(slot);
-                write_entry(mem, gpa, entry)
-                    .and_then(|()| store_u32(mem, a.wb + abi::WB_FR_PUT, a.ring.put()))
-                    .map(|()| (PostResult::Posted, irq))
-            }
-            PostOutcome::Overflow => {
-                store_u32(mem, a.wb + abi::WB_FR_OVERFLOWS, a.ring.overflows() as u32)
-                    .map(|()| (PostResult::Overflow, IrqAction::None))
-            }
+        a.writing = None;
+        let early_get = a.early_get.take();
+        let result = match reserved {
+            Reserved::Overflow { .. } => PostResult::Overflow,
+            // GET only moves forward and PUT only here, under `writer`: the slot is still free.
+            Reserved::Entry { index, .. } => match a.ring.post(entry.timestamp) {
+                PostOutcome::Posted { index: i, irq, .. } => {
+                    debug_assert_eq!(i, index);
+                    self.act(irq);
+                    PostResult::Posted
+                }
+                PostOutcome::Overflow => {
+                    warn!("fault ring: slot {index} taken meanwhile");
+                    PostResult::Overflow
+                }
+            },
         };
-        match written {
-            Ok((result, irq)) => {
-                self.act(irq);
-                result
-            }
-            Err(gpa) => {
-                warn!("fault ring write at {gpa:#x} failed; ring disabled");
-                st.retire();
-                PostResult::Failed
+        if let Some(get) = early_get {
+            match a.ring.on_get_write(get, self.clock.now_ns()) {
+                Ok(action) => self.act(action),
+                Err(e) => debug!("FR_GET ignored: {e}"),
             }
         }
+        result
     }
 
     /// Asks the moderation timer thread to exit.

@@ -10,7 +10,8 @@
 //!    every change of the queue *generation*. Held for one short step at a time.
 //! 2. `Control`'s `regs` — the register file; the worker's condition variable `wake` waits on it.
 //! 3. the engine's reset lock, then its stall *gate* (`engine/mod.rs`);
-//! 4. the stall table (`faultline_mmu::StallTable`) and the fault ring's `state` (`fault_ring.rs`);
+//! 4. the stall table (`faultline_mmu::StallTable`) and the fault ring's `writer`, then its `state`
+//!    (`fault_ring.rs`);
 //! 5. the engine's job book and engine queues;
 //! 6. `config` — configuration space (owned by [`Device`](crate::Device));
 //! 7. `msix` — MSI-X table, PBA and delivery ([`Interrupts`](crate::pci::Interrupts)).
@@ -27,12 +28,22 @@
 //!
 //! # The socket thread and client-served memory
 //!
-//! Guest memory the client serves (vfio-user DMA_READ/DMA_WRITE, `dma/remote.rs`) is reached by a
-//! message round trip to the client, and the client (QEMU) may meanwhile wait, holding its own global
-//! lock, for the socket thread to answer a region access. So the socket thread (region accesses,
-//! resets) never waits for a lock that a device thread holds across a client-served access. Where it has
-//! to stop such a thread (a reset), it first suspends the client-served memory, which fails every waiting
-//! access at once ([`Dma::without_remote`](crate::dma::Dma::without_remote)).
+//! Guest memory the client serves (vfio-user DMA_READ/DMA_WRITE, `dma/remote.rs`) costs a message round
+//! trip per access, and the client (QEMU) may not answer before the socket thread has replied to a region
+//! access it waits for, its own global lock held. So **the socket thread never blocks on a lock held
+//! across such an access.**
+//!
+//! - Device threads access guest memory holding `effects` (worker steps; a lane's or the worker's error
+//!   report), the engine's gate, the fault ring's `writer` (posts) and the job book (completion records).
+//! - They never hold `regs`, the fault ring's `state`, `config` or `msix` across one, and those are all
+//!   that region reads, the `FL_REG_FR_GET` doorbell and plain BAR0 writes take.
+//! - The socket thread takes the former only with client-served accesses suspended
+//!   ([`Dma::without_remote`](crate::dma::Dma::without_remote), which fails those in flight at once):
+//!   resets always; `FL_REG_CQ_CONTROL`, `FL_ERR_BAD_TAIL` and a rejected fault-ring enable take
+//!   `effects`, and an `FL_REG_FR_CONTROL` disable waits for `writer`, suspending only if the lock is busy
+//!   (`Control::effects_now`, `Control::quiesce_fault_ring`).
+//! - Its own client-served writes are queued without waiting, and its reads fail (`remote_dma.rs` in the
+//!   server).
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

@@ -346,3 +346,144 @@ fn unmap_waits_for_accesses_in_flight_and_none_follows_its_reply() {
     drop(g);
     server.assert_serves_new_client();
 }
+
+/// The fault ring, in the fd-less region (its writeback block is in the control memory).
+const RING: u64 = 0x30000;
+const RING_ENTRIES: u32 = 16;
+/// A VA the page table does not map (L2 entry 2 is not present): a job there faults.
+const UNMAPPED_VA: u64 = 0x8000_0000;
+
+impl Guest {
+    /// Enables the fault ring at [`RING`] in the fd-less region and starts a FILL that faults; returns
+    /// the first DMA_WRITE of the fault entry, left unanswered.
+    fn fault_with_write_pending(&mut self) -> Request {
+        let c = &mut self.q.c;
+        c.write32(abi::REG_FR_BASE_LO, (BUF_IOVA + RING) as u32);
+        c.write32(abi::REG_FR_BASE_HI, ((BUF_IOVA + RING) >> 32) as u32);
+        c.write32(abi::REG_FR_SIZE, RING_ENTRIES);
+        c.write32(abi::REG_FR_CONTROL, abi::FR_CTRL_ENABLE);
+        self.job(abi::OP_JOB_FILL, 0, UNMAPPED_VA, 0x1000, 0x33, 1);
+        let r = self.next_request(TIMEOUT).expect("the fault entry write");
+        assert_eq!(r.command, DMA_WRITE);
+        assert!(
+            (BUF_IOVA + RING..BUF_IOVA + RING + 0x1000).contains(&r.offset),
+            "a write of the fault ring, not at {:#x}",
+            r.offset
+        );
+        r
+    }
+
+    /// Sends a BAR0 access and waits for its reply the way QEMU does (its global lock held): the
+    /// server→client requests that come meanwhile are kept, unanswered, in `held`. The wait is
+    /// bounded by [`TIMEOUT`]; the reply's payload.
+    fn bar0_call(&mut self, command: u16, payload: &[u8], held: &mut Vec<Request>) -> Vec<u8> {
+        let id = self.q.c.send(command, 0, payload, &[]);
+        self.q.c.s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        loop {
+            let r = self.q.c.recv();
+            if r.flags & 0xf == 1 {
+                assert_eq!((r.id, r.command), (id, command), "reply id and command");
+                assert_eq!(r.flags & 0x20, 0, "error reply: errno {}", r.error);
+                return r.payload;
+            }
+            held.push(Request {
+                id: r.id,
+                command: r.command,
+                offset: u64_at(&r.payload, 0),
+                count: u64_at(&r.payload, 8) as u32,
+                data: r.payload[16..].to_vec(),
+            });
+        }
+    }
+
+    fn bar0_read(&mut self, offset: u64, held: &mut Vec<Request>) -> u32 {
+        let p = self.bar0_call(REGION_READ, &access(offset, BAR0, 4, &[]), held);
+        u32_at(&p, 16)
+    }
+
+    fn bar0_write(&mut self, offset: u64, val: u32, held: &mut Vec<Request>) {
+        let p = access(offset, BAR0, 4, &val.to_le_bytes());
+        self.bar0_call(REGION_WRITE, &p, held);
+    }
+
+    fn wb_fr_put(&self) -> u32 {
+        u32::from_le_bytes(pread::<4>(&self.q.ram, WB + abi::WB_FR_PUT))
+    }
+}
+
+/// QEMU without a shared memory backend answers DMA_WRITE only while no vCPU waits for a region
+/// access with its global lock held. So a BAR0 read or doorbell must be answered while a fault-entry
+/// write is unanswered: this client answers the write only after its register accesses were answered.
+/// (Before the fix, the register read waited for the ring lock the writing lane held until the server
+/// gave up on the write: the ring failed with `FL_ERR_FR_CONFIG`.)
+#[test]
+fn register_accesses_are_answered_while_a_fault_entry_write_waits_for_the_client() {
+    let mut server = Server::start("fdless-fault-read");
+    let mut g = Guest::setup(&server);
+    let first = g.fault_with_write_pending();
+    let mut held = vec![first];
+    // The entry is not written yet: PUT is still 0, for the register and the interrupt logic.
+    assert_eq!(g.bar0_read(abi::REG_FR_PUT, &mut held), 0);
+    let status = g.bar0_read(abi::REG_STATUS, &mut held);
+    g.bar0_write(abi::REG_FR_GET, 0, &mut held);
+    g.bar0_write(abi::REG_FR_IRQ_DELAY, 0, &mut held);
+    assert_eq!(
+        g.bar0_read(abi::REG_ERROR, &mut held),
+        abi::ERR_NONE,
+        "the register accesses waited until the entry write timed out"
+    );
+    assert_ne!(status & abi::STATUS_FAULT_RING_ENABLED, 0, "ring disabled");
+    // Now the client serves the entry's writes; the entry and PUT arrive.
+    for r in std::mem::take(&mut held) {
+        g.answer(&r);
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while g.wb_fr_put() != 1 {
+        assert!(Instant::now() < deadline, "FL_WB_FR_PUT never became 1");
+        if let Some(r) = g.next_request(Duration::from_millis(20)) {
+            g.answer(&r);
+        }
+    }
+    let entry = &g.mem[RING as usize..RING as usize + 32];
+    assert_eq!(u64_at(entry, 0), UNMAPPED_VA, "the entry's VA");
+    assert_ne!(u32_at(entry, 0x1c) & abi::FAULT_VALID, 0, "FL_FAULT_VALID");
+    assert_eq!(g.q.c.read32(BAR0, abi::REG_FR_PUT), 1);
+    assert_eq!(g.q.c.read32(BAR0, abi::REG_ERROR), abi::ERR_NONE);
+    assert!(
+        !server.log_text().contains("no reply within"),
+        "a remote access timed out:\n{}",
+        server.log_text()
+    );
+    drop(g);
+    server.assert_alive();
+    server.assert_serves_new_client();
+}
+
+/// Disabling the fault ring while an entry write waits for the client: the disable is answered
+/// without waiting for the client (the write is failed at once, and not blamed on the ring), and
+/// no write to the disabled ring follows its reply.
+#[test]
+fn fault_ring_disable_does_not_wait_for_an_unanswered_entry_write() {
+    let mut server = Server::start("fdless-fault-disable");
+    let mut g = Guest::setup(&server);
+    let first = g.fault_with_write_pending();
+    let mut held = vec![first];
+    g.bar0_write(abi::REG_FR_CONTROL, 0, &mut held);
+    assert_eq!(g.bar0_read(abi::REG_FR_CONTROL, &mut held), 0);
+    assert_eq!(
+        g.bar0_read(abi::REG_ERROR, &mut held),
+        abi::ERR_NONE,
+        "the failed write was blamed on the ring"
+    );
+    // Late replies are dropped; nothing more is written to the old ring.
+    for r in std::mem::take(&mut held) {
+        g.answer(&r);
+    }
+    assert!(
+        g.next_request(Duration::from_millis(300)).is_none(),
+        "a write to the fault ring after its disable was answered"
+    );
+    drop(g);
+    server.assert_alive();
+    server.assert_serves_new_client();
+}
