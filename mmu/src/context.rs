@@ -24,7 +24,7 @@
 //! also ends when it reads a *newer* pin of the lane (the pin count moved on), and a relaxed store after the
 //! unpin would not carry the unpin's release (C++20 release sequences hold read-modify-writes only), so the
 //! lane's accesses under the old pin would not be ordered before the invalidation's return. The loom check
-//! `invalidate_waits_for_pinned_lane_walk_fill` (`tests/loom.rs`) fails with a relaxed pin store.
+//! `pins_vs_fence_walk_fill` (`tests/loom.rs`) fails with a relaxed pin store.
 //!
 //! # The guarantee
 //! When `invalidate(ctx, va, len)` returns: (a) no TLB entry of `ctx` overlapping the range exists; (b) every

@@ -82,7 +82,7 @@ fn model<F: Fn() + Sync + Send + 'static>(name: &str, f: F) {
         f();
     });
     eprintln!(
-        "loom: {name}: {} executions in {:.1} s (preemption bound {})",
+        "loom: {name}: {} executions in {:.1} s, preemption bound {}",
         executions.load(std::sync::atomic::Ordering::Relaxed),
         start.elapsed().as_secs_f64(),
         b.preemption_bound.unwrap_or(0)
@@ -107,7 +107,7 @@ fn translation(page_base_pa: u64, perms: Perms) -> Translation {
 /// (a torn read: P translated to Q's frame or permissions), and a lookup that starts after the invalidation
 /// returned must miss P.
 #[test]
-fn tlb_seqlock_reader_never_sees_torn_or_invalidated_entry() {
+fn tlb_seqlock() {
     model("tlb_seqlock", || {
         let tlb = Arc::new(Tlb::new(TlbConfig { sets: 1, ways: 1 }).unwrap());
         let old_p = translation(FRAME_A, Perms::ALL);
@@ -267,7 +267,7 @@ fn invalidate_vs_lane(prefill: bool, rounds: usize) {
 /// `Mmu::begin`). Once `invalidate` returns, the lane either has dropped its access through FRAME_A
 /// (happens-before, via the `Release` unpin and the `Acquire` poll) or translates P to FRAME_B.
 #[test]
-fn invalidate_waits_for_pinned_lane_tlb_hit() {
+fn pins_vs_fence_tlb_hit() {
     model("pins_vs_fence_tlb_hit", || invalidate_vs_lane(true, 1));
 }
 
@@ -275,6 +275,6 @@ fn invalidate_waits_for_pinned_lane_tlb_hit() {
 /// the TLB after the invalidation (the generation check under the set lock in `Tlb::insert_if`), so the
 /// lane's second translation, which the invalidation does not wait for, uses FRAME_B.
 #[test]
-fn invalidate_waits_for_pinned_lane_walk_fill() {
+fn pins_vs_fence_walk_fill() {
     model("pins_vs_fence_walk_fill", || invalidate_vs_lane(false, 2));
 }
