@@ -234,6 +234,8 @@ fn invalidate_vs_lane(prefill: bool, rounds: usize) {
         let acc = lane.translate(0, P, AccessType::Read, &*mem).unwrap();
         assert_eq!(acc.page_base_pa, FRAME_A);
     }
+    // loom's `UnsafeCell` is not `Sync`; loom runs its threads on one OS thread and its `spawn` needs no `Send`.
+    #[allow(clippy::arc_with_non_send_sync)]
     let frames = Arc::new(Frames {
         a: UnsafeCell::new(0),
         b: UnsafeCell::new(0),
