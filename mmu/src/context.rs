@@ -20,7 +20,11 @@
 //! the scan sees the pin (and step 4 waits for it), or the lane's fence comes after the invalidator's, and then
 //! everything the lane reads was written before it: the bumped generation, the flushed TLB set and (through the
 //! command order) the driver's new PTEs. Unpinning is a `Release` store, read with `Acquire` by step 4, so the
-//! lane's memory accesses happen before the invalidation completes.
+//! lane's memory accesses happen before the invalidation completes. The pin store is a `Release` too: step 4
+//! also ends when it reads a *newer* pin of the lane (the pin count moved on), and a relaxed store after the
+//! unpin would not carry the unpin's release (C++20 release sequences hold read-modify-writes only), so the
+//! lane's accesses under the old pin would not be ordered before the invalidation's return. The loom check
+//! `pins_vs_fence_walk_fill` (`tests/loom.rs`) fails with a relaxed pin store.
 //!
 //! # The guarantee
 //! When `invalidate(ctx, va, len)` returns: (a) no TLB entry of `ctx` overlapping the range exists; (b) every
@@ -463,9 +467,10 @@ impl Lane {
             let count = (word >> COUNT_SHIFT).wrapping_add(1);
             slot.word.store(
                 count << COUNT_SHIFT | u64::from(ctx) << CTX_SHIFT | PINNED,
-                Ordering::Relaxed,
+                Ordering::Release,
             );
-            // Pairs with step 3 of `Mmu::begin` (Dekker).
+            // Release: an invalidation that reads this newer pin must see the accesses made under the previous
+            // one (see the module docs). The fence pairs with step 3 of `Mmu::begin` (Dekker).
             fence(Ordering::SeqCst);
         } else if pin_ctx(word) != ctx && pin_ctx(word) != CONTEXT_ALL {
             // A nested pin on another context: widen the pin to all contexts (same pin count).

@@ -22,6 +22,10 @@ fn mmu(lanes: usize) -> Arc<Mmu> {
     )
 }
 
+/// Guest memory of each test: 1 MiB, or 32 KiB under Miri (which builds a `FlatMem` one atomic word at a time,
+/// thousands of times slower than native).
+const MEM: u64 = if cfg!(miri) { 32 << 10 } else { 1 << 20 };
+
 #[test]
 fn config_is_validated() {
     assert_eq!(
@@ -51,8 +55,8 @@ fn config_is_validated() {
 
 #[test]
 fn hits_misses_and_walks_are_counted() {
-    let mem = FlatMem::new(0, 1 << 20);
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mem = FlatMem::new(0, MEM);
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     pt.map(0x20_0000, 0x4000_0000, PageSize::Size2M, Perms::ALL)
         .unwrap();
     let mmu = mmu(1);
@@ -75,8 +79,8 @@ fn hits_misses_and_walks_are_counted() {
 
 #[test]
 fn bind_unbind_and_bad_arguments() {
-    let mem = FlatMem::new(0, 1 << 20);
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mem = FlatMem::new(0, MEM);
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     pt.map(0x1000, 0x1000, PageSize::Size4K, Perms::ALL)
         .unwrap();
     let mmu = mmu(1);
@@ -143,8 +147,8 @@ fn lanes_are_claimed_once() {
 
 #[test]
 fn permission_upgrade_without_invalidation_is_seen() {
-    let mem = FlatMem::new(0, 1 << 20);
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mem = FlatMem::new(0, MEM);
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     pt.map(
         0x1000,
         0x7000,
@@ -171,9 +175,13 @@ fn permission_upgrade_without_invalidation_is_seen() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "timing: the lane's 50 ms sleep must outlast the main thread's work, which Miri's interpreted clock does not give"
+)]
 fn invalidate_waits_for_accesses_in_flight() {
-    let mem = Arc::new(FlatMem::new(0, 1 << 20));
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mem = Arc::new(FlatMem::new(0, MEM));
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     pt.map(0x1000, 0xa000, PageSize::Size4K, Perms::ALL)
         .unwrap();
     let mmu = mmu(1);
@@ -230,8 +238,8 @@ impl PhysMem for HookMem<'_> {
 
 #[test]
 fn a_walk_that_started_before_an_invalidation_does_not_fill() {
-    let mem = FlatMem::new(0, 1 << 20);
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mem = FlatMem::new(0, MEM);
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     pt.map(0x1000, 0xa000, PageSize::Size4K, Perms::ALL)
         .unwrap();
     let mmu = mmu(1);
@@ -265,8 +273,8 @@ fn a_walk_that_started_before_an_invalidation_does_not_fill() {
 
 #[test]
 fn nested_accesses_and_stall_refusal_while_pinned() {
-    let mem = FlatMem::new(0, 1 << 20);
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mem = FlatMem::new(0, MEM);
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     pt.map(0x1000, 0xa000, PageSize::Size4K, Perms::ALL)
         .unwrap();
     let mmu = mmu(1);
@@ -300,8 +308,8 @@ fn many_lanes_translate_while_the_driver_remaps() {
     // A stress run with real threads: each remap is INVALIDATE-fenced; lanes check every access against
     // the frame generation published only after the invalidation returned.
     const PAGES: u64 = 16;
-    let mem = Arc::new(FlatMem::new(0, 1 << 20));
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mem = Arc::new(FlatMem::new(0, MEM));
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     for p in 0..PAGES {
         pt.map(p << 12, (p << 12) | (1 << 32), PageSize::Size4K, Perms::ALL)
             .unwrap();

@@ -132,12 +132,20 @@ static PAGE_TABLES: std::sync::LazyLock<TableImage> = std::sync::LazyLock::new(|
 /// contexts. After `invalidate` returns: no access holding the old translation is still alive, and no
 /// translation (TLB hit or walk) ever again yields the old frame.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "shuttle switches stacks with inline assembly, which Miri cannot run"
+)]
 fn invalidate_vs_inflight_walk_and_fill() {
     // 4 ways: nothing is evicted, so a stale fill would survive to be seen.
     check(30, || invalidate_scenario(4));
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "shuttle switches stacks with inline assembly, which Miri cannot run"
+)]
 fn invalidate_vs_inflight_walk_and_fill_with_evictions() {
     // One way: every alternate access evicts, so lanes keep walking and filling.
     check(30, || invalidate_scenario(1));
@@ -242,6 +250,10 @@ fn invalidate_scenario(ways: u32) {
 /// REPLAY vs CANCEL of WRITE|ATOMIC on one page, with lanes (re-)registering concurrently: every stall gets
 /// exactly one outcome, the READ lane is never cancelled, no lane is lost (a lost lane would hang the test).
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "shuttle switches stacks with inline assembly, which Miri cannot run"
+)]
 fn replay_vs_cancel() {
     check(100, || {
         let stalls = Arc::new(StallTable::new(3));
@@ -466,6 +478,10 @@ fn fault_ring_scenario(lanes: usize, size: u32, replay_all: bool) {
 
 /// Three lanes on a two-entry ring: overflows, recovered by the replay after each batch (rules 2 and 3).
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "shuttle switches stacks with inline assembly, which Miri cannot run"
+)]
 fn fault_ring_producers_vs_consumer_with_overflow() {
     check(100, || fault_ring_scenario(3, 2, true));
 }
@@ -473,6 +489,10 @@ fn fault_ring_producers_vs_consumer_with_overflow() {
 /// No overflow, targeted replays: entries posted between the driver's drain and its GET write are only
 /// noticed because the GET write re-raises vector 1 when PUT != GET (rule 4).
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "shuttle switches stacks with inline assembly, which Miri cannot run"
+)]
 fn fault_ring_interrupt_rearm_on_get_write() {
     check(100, || fault_ring_scenario(2, 2, false));
 }

@@ -6,9 +6,13 @@ use faultline_mmu::{
     PhysError, WalkError,
 };
 
+/// Guest memory of each test: 1 MiB, or 32 KiB under Miri (which builds a `FlatMem` one atomic word at a time,
+/// thousands of times slower than native).
+const MEM: u64 = if cfg!(miri) { 32 << 10 } else { 1 << 20 };
+
 fn setup() -> (FlatMem, u64) {
-    let mem = FlatMem::new(0, 1 << 20);
-    let root = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap().root();
+    let mem = FlatMem::new(0, MEM);
+    let root = PageTableBuilder::new(&mem, 0, MEM).unwrap().root();
     (mem, root)
 }
 
@@ -16,8 +20,8 @@ fn setup() -> (FlatMem, u64) {
 fn every_size_and_permission_combination() {
     for size in PageSize::ALL {
         for bits in 0..8u64 {
-            let mem = FlatMem::new(0, 1 << 20);
-            let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+            let mem = FlatMem::new(0, MEM);
+            let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
             let va = 0x0000_7f80_0000_0000 | (3 << 30) | (5 << 21) | (7 << 12);
             let pa = 0x0000_0040_0000_0000;
             let perms = Perms::from_pte(bits << 1);
@@ -59,7 +63,7 @@ fn not_present_at_each_level() {
         walk(&mem, root, va, AccessType::Read),
         Err(WalkError::NotPresent { level: 3 })
     );
-    let mut pt = PageTableBuilder::new(&mem, 0x8_0000, 0x8_0000).unwrap();
+    let mut pt = PageTableBuilder::new(&mem, MEM / 2, MEM / 2).unwrap();
     for level in (0..3).rev() {
         // Create the path down to `level + 1` and leave the entry at `level` invalid.
         pt.entry_addr(va, level).unwrap();
@@ -79,8 +83,8 @@ fn not_present_at_each_level() {
 fn reserved_bits_fail_with_pt_error() {
     for bit in [4u32, 5, 6, 52, 60, 63] {
         for level in 0..4 {
-            let mem = FlatMem::new(0, 1 << 20);
-            let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+            let mem = FlatMem::new(0, MEM);
+            let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
             let va = 0x40_0000_0000;
             pt.map(va, 0x20_0000, PageSize::Size4K, Perms::ALL).unwrap();
             let ea = pt.entry_addr(va, level).unwrap();
@@ -105,7 +109,7 @@ fn reserved_bits_fail_with_pt_error() {
 #[test]
 fn leaf_bit_at_root_is_reserved_and_ignored_at_level_0() {
     let (mem, _) = setup();
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     pt.set_entry(0, 3, PTE_VALID | PTE_LEAF | PTE_READ).unwrap();
     assert!(matches!(
         resolve(&mem, pt.root(), 0),
@@ -125,7 +129,7 @@ fn misaligned_large_pages_fail_with_pt_error() {
         (PageSize::Size1G, 0x20_0000),
     ] {
         let (mem, _) = setup();
-        let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+        let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
         let pte = pa | PTE_VALID | PTE_LEAF | PTE_READ;
         pt.set_entry(0, size.level(), pte).unwrap();
         let e = walk(&mem, pt.root(), 0x10, AccessType::Read).unwrap_err();
@@ -154,7 +158,7 @@ fn tables_outside_memory_fail_with_dma_error() {
     );
     assert_eq!(e.job_failure(), Some(JobFailure::DmaError));
     // A next-table pointer outside memory.
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     pt.set_entry(0, 3, (1 << 36) | PTE_VALID).unwrap();
     assert!(matches!(
         walk(&mem, pt.root(), 0, AccessType::Read),
@@ -175,7 +179,7 @@ fn non_canonical_va_is_invalid() {
 #[test]
 fn non_leaf_permissions_are_ignored() {
     let (mem, _) = setup();
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     pt.map(0x1000, 0x9000, PageSize::Size4K, Perms::ALL)
         .unwrap();
     use faultline_mmu::PhysMem;
@@ -195,7 +199,7 @@ fn non_leaf_permissions_are_ignored() {
 #[test]
 fn physical_address_uses_bits_51_to_12() {
     let (mem, _) = setup();
-    let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
     let pa = 0x000f_ffff_c000_0000;
     pt.map(0x4000_0000, pa, PageSize::Size1G, Perms::ALL)
         .unwrap();
