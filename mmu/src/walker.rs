@@ -124,12 +124,14 @@ impl WalkError {
 /// bits; a valid entry with reserved bits, or with `FL_PTE_LEAF` at level 3, is [`WalkError::Reserved`]; at
 /// levels 2 and 1 `FL_PTE_LEAF` makes a 1 GiB / 2 MiB leaf whose frame must be aligned to its size; a level-0
 /// entry is always a 4 KiB leaf (`FL_PTE_LEAF` ignored). Permission bits of non-leaf entries are ignored.
+#[inline]
 pub fn resolve<M: PhysMem + ?Sized>(mem: &M, root: u64, va: u64) -> Result<Translation, WalkError> {
     resolve_leaf(mem, root, va).map(|(translation, _)| translation)
 }
 
 /// [`resolve`], also returning the GPA of the table that holds the leaf entry (for a 4 KiB leaf, the level-0
 /// table that [`contiguous_after`] continues in).
+#[inline(always)]
 pub(crate) fn resolve_leaf<M: PhysMem + ?Sized>(
     mem: &M,
     root: u64,
