@@ -19,10 +19,16 @@ const VA_2M: u64 = 0x0000_2000_0020_0000;
 fn tables() -> (FlatMem, u64) {
     let mem = FlatMem::new(0, 1 << 20);
     let mut pt = PageTableBuilder::new(&mem, 0, 1 << 20).unwrap();
-    pt.map(VA_4K, 0x1_0000_0000, PageSize::Size4K, Perms::ALL)
+    // 16 contiguous 4 KiB pages, all in one level-0 table (entries 393..409).
+    for k in 0..16 {
+        pt.map(
+            VA_4K + k * 0x1000,
+            0x1_0000_0000 + k * 0x1000,
+            PageSize::Size4K,
+            Perms::ALL,
+        )
         .unwrap();
-    pt.map(VA_4K + 0x1000, 0x1_0000_1000, PageSize::Size4K, Perms::ALL)
-        .unwrap();
+    }
     pt.map(VA_2M, 0x2_0000_0000, PageSize::Size2M, Perms::ALL)
         .unwrap();
     let root = pt.root();
@@ -124,6 +130,50 @@ fn walks(c: &mut Criterion) {
             i ^= 0x1000;
             lane.translate(1, black_box(VA_4K + i), AccessType::Read, &mem)
                 .map(|a| a.page_base_pa)
+        })
+    });
+    // The miss path in a full 8-way set whose ways are all recently used: the fill's CLOCK sweep passes
+    // every way (nine pages cycling through one set).
+    let mmu8 = Arc::new(
+        Mmu::new(MmuConfig {
+            tlb: TlbConfig { sets: 1, ways: 8 },
+            ..MmuConfig::default()
+        })
+        .unwrap(),
+    );
+    mmu8.bind(1, root).unwrap();
+    let lane8 = mmu8.lane(0).unwrap();
+    let mut k = 0u64;
+    c.bench_function("translate_miss_walk_fill_4k_8way", |b| {
+        b.iter(|| {
+            k = (k + 1) % 9;
+            lane8
+                .translate(1, black_box(VA_4K + (k << 12)), AccessType::Read, &mem)
+                .map(|a| a.page_base_pa)
+        })
+    });
+    // 32 KiB of contiguous 4 KiB pages (half an engine window) under one pin, every page missing the TLB
+    // (one set, one way; the two halves of the 16 pages alternate): one span, against one translation per
+    // page.
+    let mut h = 0u64;
+    c.bench_function("translate_32k_span", |b| {
+        b.iter(|| {
+            let _pin = lane.pin(1).unwrap();
+            h ^= 0x8000;
+            lane.translate_span(1, black_box(VA_4K + h), 32 << 10, AccessType::Read, &mem)
+                .map(|a| a.span())
+        })
+    });
+    c.bench_function("translate_32k_per_page", |b| {
+        b.iter(|| {
+            let _pin = lane.pin(1).unwrap();
+            h ^= 0x8000;
+            (0..8u64)
+                .map(|p| {
+                    lane.translate(1, black_box(VA_4K + h + (p << 12)), AccessType::Read, &mem)
+                        .map_or(0, |a| a.page_base_pa)
+                })
+                .sum::<u64>()
         })
     });
     let mut j = 0u64;

@@ -320,15 +320,20 @@ impl Tlb {
             return way;
         }
         let header = &self.headers[w.set];
-        let mut hand = header.hand.load(Ordering::Relaxed) as usize % ways;
-        // At most two sweeps: the first clears every reference bit it passes.
-        for _ in 0..2 * ways {
-            let bit = 1u64 << hand;
-            if header.refs.load(Ordering::Relaxed) & bit == 0 {
-                break;
-            }
-            header.refs.fetch_and(!bit, Ordering::Relaxed);
-            hand = (hand + 1) % ways;
+        let start = header.hand.load(Ordering::Relaxed) as usize % ways;
+        // The sweep on one snapshot of the reference bits: the first unreferenced way from the hand on (or
+        // the hand itself, once a whole sweep has cleared every bit), then one atomic clear of the bits
+        // passed, rather than one per way. A hit that sets a bit meanwhile only changes the heuristic's
+        // choice (it may lose its second chance); the entries are protected by the set lock, not by refs.
+        let refs = header.refs.load(Ordering::Relaxed);
+        let skip = (0..ways)
+            .find(|&i| refs & (1 << ((start + i) % ways)) == 0)
+            .unwrap_or(0);
+        let hand = (start + skip) % ways;
+        let passed = (0..skip.max(usize::from(refs & (1 << hand) != 0) * ways))
+            .fold(0u64, |m, i| m | 1 << ((start + i) % ways));
+        if passed != 0 {
+            header.refs.fetch_and(!passed, Ordering::Relaxed);
         }
         header
             .hand

@@ -3,8 +3,8 @@
 use crate::fault::{AccessType, FaultReason};
 use crate::mem::{PhysError, PhysMem};
 use crate::pte::{
-    level_index, PageSize, Perms, PTE_ADDR_MASK, PTE_LEAF, PTE_RESERVED_MASK, PTE_VALID, PT_LEVELS,
-    VA_LIMIT,
+    level_index, PageSize, Perms, PAGE_SIZE, PTE_ADDR_MASK, PTE_LEAF, PTE_RESERVED_MASK, PTE_VALID,
+    PT_ENTRIES, PT_LEVELS, VA_LIMIT,
 };
 
 /// A resolved leaf translation.
@@ -124,7 +124,19 @@ impl WalkError {
 /// bits; a valid entry with reserved bits, or with `FL_PTE_LEAF` at level 3, is [`WalkError::Reserved`]; at
 /// levels 2 and 1 `FL_PTE_LEAF` makes a 1 GiB / 2 MiB leaf whose frame must be aligned to its size; a level-0
 /// entry is always a 4 KiB leaf (`FL_PTE_LEAF` ignored). Permission bits of non-leaf entries are ignored.
+#[inline]
 pub fn resolve<M: PhysMem + ?Sized>(mem: &M, root: u64, va: u64) -> Result<Translation, WalkError> {
+    resolve_leaf(mem, root, va).map(|(translation, _)| translation)
+}
+
+/// [`resolve`], also returning the GPA of the table that holds the leaf entry (for a 4 KiB leaf, the level-0
+/// table that [`contiguous_after`] continues in).
+#[inline(always)]
+pub(crate) fn resolve_leaf<M: PhysMem + ?Sized>(
+    mem: &M,
+    root: u64,
+    va: u64,
+) -> Result<(Translation, u64), WalkError> {
     if va >= VA_LIMIT {
         return Err(WalkError::NonCanonical { va });
     }
@@ -150,17 +162,56 @@ pub fn resolve<M: PhysMem + ?Sized>(mem: &M, root: u64, va: u64) -> Result<Trans
                 if addr & (page_size.bytes() - 1) != 0 {
                     return Err(WalkError::Misaligned { level, pte });
                 }
-                return Ok(Translation {
+                let translation = Translation {
                     page_base_pa: addr,
                     page_size,
                     perms: Perms::from_pte(pte),
-                });
+                };
+                return Ok((translation, table));
             }
             None => table = addr,
         }
     }
     // Level 0 always returns above.
     Err(WalkError::NotPresent { level: 0 })
+}
+
+/// How many bytes after the 4 KiB page of `va` continue its translation `first` for `access`, up to `max`:
+/// the level-0 entries that follow `va`'s in `table` (the level-0 table that maps `va`), read in order, as long
+/// as each one is valid, has no reserved bits, allows `access` and maps the frame right after the previous
+/// page's. Stops at the end of the table (a 2 MiB boundary), at the first entry that does not qualify (a later
+/// translation of that page reports its fault or error) and at `max`. Returns a multiple of 4 KiB.
+///
+/// Each entry read is a walk of its page that reuses the upper-level entries of `va`'s walk: the caller reads
+/// them under the same lane pin, so they are as current as that walk's (an invalidation of any of them waits
+/// for the pin).
+pub(crate) fn contiguous_after<M: PhysMem + ?Sized>(
+    mem: &M,
+    table: u64,
+    va: u64,
+    first: &Translation,
+    access: AccessType,
+    max: u64,
+) -> u64 {
+    let index = level_index(va, 0);
+    let pages = (PT_ENTRIES - 1 - index).min(max / PAGE_SIZE);
+    let mut expect = first.page_base_pa;
+    let mut done = 0;
+    while done < pages {
+        expect += PAGE_SIZE;
+        let Ok(pte) = mem.read_u64(table + (index + 1 + done) * 8) else {
+            break;
+        };
+        if pte & PTE_VALID == 0
+            || pte & PTE_RESERVED_MASK != 0
+            || pte & PTE_ADDR_MASK != expect
+            || !Perms::from_pte(pte).allows(access)
+        {
+            break;
+        }
+        done += 1;
+    }
+    done * PAGE_SIZE
 }
 
 /// Walks the page table rooted at `root` for an `access` to `va` (spec section 5). On success the leaf allows

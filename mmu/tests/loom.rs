@@ -93,6 +93,7 @@ const P: u64 = 0x4000_0000; // the page that gets remapped or invalidated
 const Q: u64 = 0x4000_1000; // another page of the same context (same TLB set: the TLB has one)
 const FRAME_A: u64 = 0xa000_0000; // P's frame before the invalidation
 const FRAME_B: u64 = 0xb000_0000; // P's frame after it; Q's frame in the seqlock check
+const FRAME_A2: u64 = FRAME_A + 0x1000; // Q's frame in the Mmu checks: P and Q form a contiguous run
 
 fn translation(page_base_pa: u64, perms: Perms) -> Translation {
     Translation {
@@ -144,6 +145,7 @@ struct TableImage {
     words: Vec<(u64, u64)>,
     root: u64,
     pte_p: u64,
+    pte_q: u64,
 }
 
 static PAGE_TABLES: std::sync::LazyLock<TableImage> = std::sync::LazyLock::new(|| {
@@ -152,6 +154,7 @@ static PAGE_TABLES: std::sync::LazyLock<TableImage> = std::sync::LazyLock::new(|
     let mem = FlatMem::new(0, BYTES);
     let mut pt = PageTableBuilder::new(&mem, 0, BYTES).unwrap();
     pt.map(P, FRAME_A, PageSize::Size4K, Perms::ALL).unwrap();
+    pt.map(Q, FRAME_A2, PageSize::Size4K, Perms::ALL).unwrap();
     TableImage {
         words: (0..BYTES / 8)
             .map(|i| (i * 8, mem.read_u64(i * 8).unwrap()))
@@ -159,6 +162,7 @@ static PAGE_TABLES: std::sync::LazyLock<TableImage> = std::sync::LazyLock::new(|
             .collect(),
         root: pt.root(),
         pte_p: pt.entry_addr(P, 0).unwrap(),
+        pte_q: pt.entry_addr(Q, 0).unwrap(),
     }
 });
 
@@ -199,6 +203,7 @@ impl PhysMem for SparseMem {
 /// happens-before, or loom reports a data race on FRAME_A.
 struct Frames {
     a: UnsafeCell<u64>,
+    a2: UnsafeCell<u64>,
     b: UnsafeCell<u64>,
 }
 
@@ -208,6 +213,7 @@ impl Frames {
     fn touch(&self, pa: u64) {
         match pa {
             FRAME_A => self.a.with_mut(|_| ()),
+            FRAME_A2 => self.a2.with_mut(|_| ()),
             FRAME_B => self.b.with_mut(|_| ()),
             other => panic!("translation to unexpected frame {other:#x}"),
         }
@@ -238,6 +244,7 @@ fn invalidate_vs_lane(prefill: bool, rounds: usize) {
     #[allow(clippy::arc_with_non_send_sync)]
     let frames = Arc::new(Frames {
         a: UnsafeCell::new(0),
+        a2: UnsafeCell::new(0),
         b: UnsafeCell::new(0),
     });
 
@@ -279,4 +286,65 @@ fn pins_vs_fence_tlb_hit() {
 #[test]
 fn pins_vs_fence_walk_fill() {
     model("pins_vs_fence_walk_fill", || invalidate_vs_lane(false, 2));
+}
+
+/// Lane pins vs the invalidation fence, span path (`Lane::translate_span`): the lane translates P with a span
+/// over Q (P and Q map FRAME_A and FRAME_A2, a contiguous run) twice, touching every frame of the span, while
+/// the driver remaps Q to FRAME_B, invalidates Q and reuses FRAME_A2. Q's entry is read from the page table
+/// under the lane's pin, never through the TLB, so the pin protocol alone must order it: a span that still
+/// covers FRAME_A2 is dropped before `invalidate` returns (else loom reports a race on FRAME_A2), and a span
+/// that starts after it stops at P (FRAME_B does not continue the run).
+#[test]
+fn pins_vs_fence_span() {
+    model("pins_vs_fence_span", || {
+        let image = &*PAGE_TABLES;
+        let mem = Arc::new(SparseMem::new(image));
+        let mmu = Arc::new(
+            Mmu::new(MmuConfig {
+                contexts: 1,
+                lanes: 1,
+                tlb: TlbConfig { sets: 1, ways: 1 },
+            })
+            .unwrap(),
+        );
+        mmu.bind(0, image.root).unwrap();
+        #[allow(clippy::arc_with_non_send_sync)]
+        let frames = Arc::new(Frames {
+            a: UnsafeCell::new(0),
+            a2: UnsafeCell::new(0),
+            b: UnsafeCell::new(0),
+        });
+        let invalidated = Arc::new(AtomicBool::new(false));
+        let lane = {
+            let (mmu, mem, frames, invalidated) = (
+                mmu.clone(),
+                mem.clone(),
+                frames.clone(),
+                invalidated.clone(),
+            );
+            thread::spawn(move || {
+                let lane = mmu.lane(0).unwrap();
+                for _ in 0..2 {
+                    let after = invalidated.load(Ordering::Acquire);
+                    let acc = lane
+                        .translate_span(0, P, 0x2000, AccessType::Write, &*mem)
+                        .unwrap();
+                    assert_eq!(acc.pa(P), FRAME_A);
+                    for off in (0..acc.span()).step_by(0x1000) {
+                        frames.touch(FRAME_A + off);
+                    }
+                    assert!(
+                        !after || acc.span() == 0x1000,
+                        "span over Q's old frame after the invalidation returned"
+                    );
+                    drop(acc);
+                }
+            })
+        };
+        mem.write_u64(image.pte_q, FRAME_B | PTE_READ | PTE_WRITE | PTE_VALID);
+        mmu.invalidate(0, Q, 4096).unwrap();
+        invalidated.store(true, Ordering::Release);
+        frames.touch(FRAME_A2);
+        lane.join().unwrap();
+    });
 }

@@ -361,3 +361,137 @@ fn many_lanes_translate_while_the_driver_remaps() {
         l.join().unwrap();
     }
 }
+
+/// `translate_span` extends a 4 KiB translation over the following pages while they map the next frames and
+/// allow the access, and stops (without an error) at the first page that does not, at `max`, and at the end of
+/// the level-0 table; on the TLB-hit path as on the walk path.
+#[test]
+fn spans_cover_contiguous_runs_only() {
+    const VA: u64 = 0x4000_0000 + 0x1f_0000; // 16 pages before the 2 MiB boundary
+    const PA: u64 = 0x8000_0000;
+    let mem = FlatMem::new(0, MEM);
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
+    // Pages 0..=15 contiguous up to the 2 MiB boundary, then page 16 (next table) contiguous too.
+    for i in 0..17 {
+        pt.map(VA + i * 4096, PA + i * 4096, PageSize::Size4K, Perms::ALL)
+            .unwrap();
+    }
+    // Page 5 is read-only, page 9 maps a frame out of order, page 12 is not present.
+    pt.map(
+        VA + 5 * 4096,
+        PA + 5 * 4096,
+        PageSize::Size4K,
+        Perms::from_pte(2),
+    )
+    .unwrap();
+    pt.map(VA + 9 * 4096, PA + 20 * 4096, PageSize::Size4K, Perms::ALL)
+        .unwrap();
+    pt.unmap(VA + 12 * 4096, PageSize::Size4K).unwrap();
+    let mmu = mmu(1);
+    mmu.bind(1, pt.root()).unwrap();
+    let lane = mmu.lane(0).unwrap();
+    let span = |va: u64, max: u64, access: AccessType| {
+        let a = lane.translate_span(1, va, max, access, &mem).unwrap();
+        assert_eq!(a.pa(va), PA + (va - VA), "first page");
+        a.span()
+    };
+    for round in ["walk", "TLB hit"] {
+        // Page 5 allows reads: a read runs to page 9; a write stops before page 5.
+        assert_eq!(
+            span(VA + 8, 1 << 20, AccessType::Read),
+            9 * 4096 - 8,
+            "{round}"
+        );
+        assert_eq!(
+            span(VA + 8, 1 << 20, AccessType::Write),
+            5 * 4096 - 8,
+            "{round}"
+        );
+        // `max` bounds the pages added, never the first one.
+        assert_eq!(
+            span(VA + 8, 2 * 4096 - 9, AccessType::Read),
+            4096 - 8,
+            "{round}"
+        );
+        assert_eq!(
+            span(VA + 8, 2 * 4096 - 8, AccessType::Read),
+            2 * 4096 - 8,
+            "{round}"
+        );
+        assert_eq!(span(VA, 100, AccessType::Read), 4096, "{round}");
+        // Page 12 is not present: the run from 10 stops at 12; from 13 it stops at the table's end.
+        assert_eq!(
+            span(VA + 10 * 4096, 1 << 20, AccessType::Write),
+            2 * 4096,
+            "{round}"
+        );
+        assert_eq!(
+            span(VA + 13 * 4096, 1 << 20, AccessType::Write),
+            3 * 4096,
+            "{round}"
+        );
+        // Plain translate covers the page.
+        let a = lane
+            .translate(1, VA + 13 * 4096 + 1, AccessType::Read, &mem)
+            .unwrap();
+        assert_eq!(a.span(), 4095);
+    }
+    // A 2 MiB page spans to its own end only.
+    pt.map(0x60_0000, 0x20_0000, PageSize::Size2M, Perms::ALL)
+        .unwrap();
+    pt.map(0x80_0000, 0x40_0000, PageSize::Size2M, Perms::ALL)
+        .unwrap();
+    let a = lane
+        .translate_span(1, 0x60_1000, 4 << 20, AccessType::Write, &mem)
+        .unwrap();
+    assert_eq!(a.span(), (2 << 20) - 0x1000);
+    drop(a);
+    // Faults are the first page's alone.
+    let e = lane
+        .translate_span(1, VA + 12 * 4096, 1 << 20, AccessType::Read, &mem)
+        .unwrap_err();
+    assert!(e.fault_reason().is_some());
+    assert!(!lane.is_pinned());
+    let mut c = Counters::default();
+    mmu.add_counters(&mut c);
+    assert_eq!(c.tlb_hits + c.tlb_misses, 2 * 7 + 2 + 1 + 1);
+}
+
+/// A span never reaches a page whose mapping was changed and invalidated: the run is read from the page table
+/// under the pin (no cache of its own), so the driver's remap + INVALIDATE is seen by the next span.
+#[test]
+fn spans_see_remaps_after_invalidation() {
+    const VA: u64 = 0x1000_0000;
+    const PA: u64 = 0x8000_0000;
+    let mem = FlatMem::new(0, MEM);
+    let mut pt = PageTableBuilder::new(&mem, 0, MEM).unwrap();
+    for i in 0..4 {
+        pt.map(VA + i * 4096, PA + i * 4096, PageSize::Size4K, Perms::ALL)
+            .unwrap();
+    }
+    let mmu = mmu(1);
+    mmu.bind(0, pt.root()).unwrap();
+    let lane = mmu.lane(0).unwrap();
+    let span = |lane: &faultline_mmu::Lane| {
+        lane.translate_span(0, VA, 1 << 20, AccessType::Write, &mem)
+            .unwrap()
+            .span()
+    };
+    assert_eq!(span(&lane), 4 * 4096);
+    pt.map(VA + 2 * 4096, 0x9000_0000, PageSize::Size4K, Perms::ALL)
+        .unwrap();
+    mmu.invalidate(0, VA + 2 * 4096, 4096).unwrap();
+    assert_eq!(span(&lane), 2 * 4096);
+    pt.unmap(VA + 4096, PageSize::Size4K).unwrap();
+    mmu.invalidate(0, VA + 4096, 4096).unwrap();
+    assert_eq!(span(&lane), 4096);
+    // The first page itself, remapped: the TLB entry was invalidated, the walk finds the new frame.
+    pt.map(VA, 0x9000_0000 - 4096, PageSize::Size4K, Perms::ALL)
+        .unwrap();
+    mmu.invalidate(0, VA, 4096).unwrap();
+    let a = lane
+        .translate_span(0, VA, 1 << 20, AccessType::Write, &mem)
+        .unwrap();
+    assert_eq!(a.pa(VA), 0x9000_0000 - 4096);
+    assert_eq!(a.span(), 4096, "page 1 is unmapped");
+}

@@ -71,6 +71,23 @@ enum Op {
         va: u64,
         len: u64,
     },
+    /// `pages` 4 KiB maps from `va` on with the same `frame`: a contiguous run (see `Op::Map`), every page
+    /// with `perms` but the last, which gets `last_perms`.
+    MapRun {
+        ctx: usize,
+        va: u64,
+        pages: u64,
+        frame: u64,
+        perms: u8,
+        last_perms: u8,
+    },
+    /// `Lane::translate_span` of up to `max` bytes.
+    Span {
+        ctx: usize,
+        va: u64,
+        max: u64,
+        access: AccessType,
+    },
 }
 
 fn size_strategy() -> impl Strategy<Value = PageSize> {
@@ -99,12 +116,16 @@ fn access_strategy() -> impl Strategy<Value = AccessType> {
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0usize..2, va_strategy(), size_strategy(), 0u64..6, 0u8..8, inval_strategy())
+        3 => (0usize..2, va_strategy(), size_strategy(), prop_oneof![Just(0u64), 0u64..6], 0u8..8, inval_strategy())
             .prop_map(|(ctx, va, size, frame, perms, inval)| Op::Map { ctx, va, size, frame, perms, inval }),
         1 => (0usize..2, va_strategy(), size_strategy(), inval_strategy())
             .prop_map(|(ctx, va, size, inval)| Op::Unmap { ctx, va, size, inval }),
         6 => (0usize..2, va_strategy(), access_strategy()).prop_map(|(ctx, va, access)| Op::Translate { ctx, va, access }),
         1 => (0usize..2, va_strategy(), 0u64..(3 << 21)).prop_map(|(ctx, va, len)| Op::Invalidate { ctx, va, len }),
+        2 => (0usize..2, va_strategy(), 2u64..5, prop_oneof![Just(0u64), 0u64..6], prop_oneof![Just(7u8), 0u8..8], 0u8..8)
+            .prop_map(|(ctx, va, pages, frame, perms, last_perms)| Op::MapRun { ctx, va, pages, frame, perms, last_perms }),
+        3 => (0usize..2, va_strategy(), 0u64..(5 << 12), access_strategy())
+            .prop_map(|(ctx, va, max, access)| Op::Span { ctx, va, max, access }),
     ]
 }
 
@@ -139,6 +160,26 @@ fn run(ops: Vec<Op>, sets: u32, ways: u32) -> Result<(), TestCaseError> {
     let mut refs = [RefMap::new(), RefMap::new()];
     let mut translates = 0u64;
 
+    let ops = ops.into_iter().flat_map(|op| match op {
+        Op::MapRun {
+            ctx,
+            va,
+            pages,
+            frame,
+            perms,
+            last_perms,
+        } => (0..pages)
+            .map(|i| Op::Map {
+                ctx,
+                va: (va & !4095) + i * 4096,
+                size: PageSize::Size4K,
+                frame,
+                perms: if i + 1 == pages { last_perms } else { perms },
+                inval: Inval::Range,
+            })
+            .collect(),
+        op => vec![op],
+    });
     for op in ops {
         match op {
             Op::Map {
@@ -150,8 +191,14 @@ fn run(ops: Vec<Op>, sets: u32, ways: u32) -> Result<(), TestCaseError> {
                 inval,
             } => {
                 let base = size.align_down(va);
-                // Frames high in the 52-bit space, aligned to the page size.
-                let pa = 0x000f_0000_0000_0000 + frame * size.bytes();
+                // Frames high in the 52-bit space, aligned to the page size. A 4 KiB page's frame follows its
+                // VA within a 2 MiB frame, so neighbouring pages with the same `frame` map contiguously
+                // (the runs `Lane::translate_span` covers).
+                let pa = 0x000f_0000_0000_0000
+                    + match size {
+                        PageSize::Size4K => (frame << 21) + (base & ((1 << 21) - 1)),
+                        _ => frame * size.bytes(),
+                    };
                 let perms = Perms::from_pte(u64::from(perms) << 1);
                 pts[ctx].map(base, pa, size, perms).unwrap();
                 let (lo, hi) = ref_remove(&mut refs[ctx], base, base + size.bytes());
@@ -170,7 +217,56 @@ fn run(ops: Vec<Op>, sets: u32, ways: u32) -> Result<(), TestCaseError> {
                     invalidate(&mmu, CTXS[ctx], lo, hi, inval);
                 }
             }
+            Op::MapRun { .. } => unreachable!("expanded above"),
             Op::Invalidate { ctx, va, len } => mmu.invalidate(CTXS[ctx], va, len).unwrap(),
+            Op::Span {
+                ctx,
+                va,
+                max,
+                access,
+            } => {
+                translates += 1;
+                let got = lane.translate_span(CTXS[ctx], va, max, access, &mem);
+                let direct = walk(&mem, pts[ctx].root(), va, access);
+                let span = match (got, direct) {
+                    (Ok(a), Ok(t)) => {
+                        prop_assert_eq!(*a.translation(), t, "first page at {:#x}", va);
+                        a.span()
+                    }
+                    (Err(TranslateError::Walk(e)), Err(w)) => {
+                        prop_assert_eq!(e, w, "span and walk disagree at {:#x}", va);
+                        continue;
+                    }
+                    (got, direct) => {
+                        prop_assert!(false, "span {:?}, walk {:?} at {:#x}", got, direct, va);
+                        unreachable!()
+                    }
+                };
+                let (_, size, pa0, _) = ref_lookup(&refs[ctx], va).expect("mapped");
+                let pa = pa0 + (va - size.align_down(va));
+                let first = size.bytes() - (va - size.align_down(va));
+                prop_assert!(span >= first, "span {:#x} ends inside the first page", span);
+                prop_assert!(span == first || (size == PageSize::Size4K && span <= max));
+                // Every page of the span continues the run in the model and allows the access.
+                let continues = |p: u64| {
+                    ref_lookup(&refs[ctx], va + p).is_some_and(|(b, s, f, perms)| {
+                        s == PageSize::Size4K && perms.allows(access) && f + (va + p - b) == pa + p
+                    })
+                };
+                for p in (first..span).step_by(4096) {
+                    prop_assert!(continues(p), "page {:#x} of the span at {:#x}", va + p, va);
+                }
+                // And it is maximal: it stops at `max`, at a 2 MiB boundary or at a page that does not continue it.
+                let end = va + span;
+                if size == PageSize::Size4K && span + 4096 <= max && end % (2 << 20) != 0 {
+                    prop_assert!(
+                        !continues(span),
+                        "span at {:#x} stops early at {:#x}",
+                        va,
+                        end
+                    );
+                }
+            }
             Op::Translate { ctx, va, access } => {
                 translates += 1;
                 let got = lane

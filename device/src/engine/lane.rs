@@ -136,14 +136,17 @@ impl LaneRun<'_> {
         true
     }
 
+    /// Translates `va` and the run of contiguous 4 KiB pages after it, up to `max` bytes
+    /// ([`Lane::translate_span`]); a fault or failure becomes the [`Step`] to take.
     fn translate<'l>(
         lane: &'l Lane,
         ctx: u16,
         va: u64,
+        max: u64,
         access: AccessType,
         phys: &GuestPhys<'_>,
     ) -> Result<faultline_mmu::Access<'l>, Step> {
-        lane.translate(ctx, va, access, phys)
+        lane.translate_span(ctx, va, max, access, phys)
             .map_err(|e: TranslateError| match e.fault_reason() {
                 Some(reason) => Step::Fault { va, access, reason },
                 None => Step::Fail(failure_status(e.job_failure())),
@@ -173,8 +176,9 @@ impl LaneRun<'_> {
         (at - off, None)
     }
 
-    /// Moves the bytes from `off` up to the first page boundary of any operand or `end`; returns how many.
-    /// The lane is pinned ([`LaneRun::window`]).
+    /// Moves the bytes from `off` up to the end of the translated run of any operand (its page, or the
+    /// physically contiguous 4 KiB pages that follow it: [`Lane::translate_span`]) or `end`; returns how
+    /// many. The lane is pinned ([`LaneRun::window`]).
     fn segment(&mut self, full: &Mem<'_>, off: u64, end: u64, hash: &mut u64) -> Result<u64, Step> {
         let spec = self.job.spec;
         let mem = full.local;
@@ -185,10 +189,11 @@ impl LaneRun<'_> {
         let ctx = spec.ctx;
         match spec.op {
             Op::Fill(byte) => {
-                let d = Self::translate(self.lane, ctx, dva, AccessType::Write, &phys)?;
-                let n = max.min(d.bytes_to_page_end(dva));
+                let d = Self::translate(self.lane, ctx, dva, max, AccessType::Write, &phys)?;
+                let n = max.min(d.span());
                 let pa = d.pa(dva);
                 if !full.is_local(pa, n) {
+                    let n = n.min(d.bytes_to_page_end(dva));
                     return self.remote_segment(full, spec.op, 0, pa, n, hash);
                 }
                 let buf = &mut self.scratch[..];
@@ -203,13 +208,17 @@ impl LaneRun<'_> {
                 Ok(n)
             }
             Op::Copy => {
-                let s = Self::translate(self.lane, ctx, sva, AccessType::Read, &phys)?;
-                let d = Self::translate(self.lane, ctx, dva, AccessType::Write, &phys)?;
-                let n = max
-                    .min(s.bytes_to_page_end(sva))
-                    .min(d.bytes_to_page_end(dva));
+                let s = Self::translate(self.lane, ctx, sva, max, AccessType::Read, &phys)?;
+                let n = max.min(s.span());
+                let d = Self::translate(self.lane, ctx, dva, n, AccessType::Write, &phys)?;
+                let n = n.min(d.span());
                 let (spa, dpa) = (s.pa(sva), d.pa(dva));
                 if !full.is_local(spa, n) || !full.is_local(dpa, n) {
+                    // Client-served memory is reached page by page, as its messages may not cross a
+                    // region boundary that a run of pages could.
+                    let n = n
+                        .min(s.bytes_to_page_end(sva))
+                        .min(d.bytes_to_page_end(dva));
                     return self.remote_segment(full, spec.op, spa, dpa, n, hash);
                 }
                 let mut done = 0;
@@ -223,10 +232,11 @@ impl LaneRun<'_> {
                 Ok(n)
             }
             Op::Checksum => {
-                let s = Self::translate(self.lane, ctx, sva, AccessType::Read, &phys)?;
-                let n = max.min(s.bytes_to_page_end(sva));
+                let s = Self::translate(self.lane, ctx, sva, max, AccessType::Read, &phys)?;
+                let n = max.min(s.span());
                 let pa = s.pa(sva);
                 if !full.is_local(pa, n) {
+                    let n = n.min(s.bytes_to_page_end(sva));
                     return self.remote_segment(full, spec.op, pa, 0, n, hash);
                 }
                 let buf = &mut self.scratch[..];
@@ -243,10 +253,11 @@ impl LaneRun<'_> {
                 Ok(n)
             }
             Op::AtomicAdd(addend) => {
-                let d = Self::translate(self.lane, ctx, dva, AccessType::Atomic, &phys)?;
-                let n = max.min(d.bytes_to_page_end(dva));
+                let d = Self::translate(self.lane, ctx, dva, max, AccessType::Atomic, &phys)?;
+                let n = max.min(d.span());
                 let pa = d.pa(dva);
                 if !full.is_local(pa, n) {
+                    let n = n.min(d.bytes_to_page_end(dva));
                     return self.remote_segment(full, spec.op, 0, pa, n, hash);
                 }
                 let mut done = 0u64;

@@ -7,9 +7,11 @@
 //! FIFO, so a job that asks for fewer lanes than the engine has leaves the others to the next job. A slot
 //! takes chunks in the pattern's order ([`Job::next_chunk`]) and moves each chunk in *windows* of at most
 //! [`MAX_SEGMENT`] bytes: pin the lane ([`Lane::pin`], one memory barrier per window), check the job was
-//! not aborted, then page by page translate (the [`Access`](faultline_mmu::Access) guard), move the bytes
-//! through vm-memory, drop the guard; unpin. A segment never crosses a page of either operand, so each byte
-//! is accessed under a translation that was valid when it was accessed.
+//! not aborted, then segment by segment translate (the [`Access`](faultline_mmu::Access) guard), move the
+//! bytes through vm-memory, drop the guard; unpin. A segment is one page of each operand, or a run of 4 KiB
+//! pages that map contiguous frames ([`Lane::translate_span`](faultline_mmu::Lane::translate_span): the
+//! following pages' entries are read under the same pin), and never more, so each byte is accessed under a
+//! translation that was valid when it was accessed.
 //!
 //! # Stalls
 //! A miss or permission failure returns from the window, which drops every guard and the pin, and then
