@@ -512,24 +512,8 @@ impl Lane {
         access: AccessType,
         mem: &M,
     ) -> Result<Access<'_>, TranslateError> {
-        let slot = self
-            .mmu
-            .contexts
-            .get(usize::from(ctx))
-            .ok_or(TranslateError::BadContext(ctx))?;
-        self.pin_raw(ctx);
-        match self.translate_pinned(slot, ctx, va, access, mem) {
-            Ok(walked) => Ok(Access {
-                slot: self.slot(),
-                translation: walked.translation,
-                span: walked.translation.bytes_to_page_end(va),
-                _lane: PhantomData,
-            }),
-            Err(e) => {
-                self.slot().unpin();
-                Err(e)
-            }
-        }
+        // A span of at most `va`'s own page.
+        self.translate_span(ctx, va, 0, access, mem)
     }
 
     /// Translates like [`Lane::translate`], and when `va` lies in a 4 KiB page and `max` reaches past it,

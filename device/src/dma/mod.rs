@@ -15,7 +15,9 @@ pub(crate) mod remote;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    AtomicAccess, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap,
+};
 
 use crate::GuestMem;
 use remote::RemoteSlot;
@@ -141,20 +143,17 @@ impl<'m> Mem<'m> {
     /// Stores `val` with release order (locally) or as one write message (remotely; messages are
     /// answered in order, so earlier writes of this thread are visible first).
     pub(crate) fn store_u32(&self, gpa: u64, val: u32) -> Result<(), RemoteDmaError> {
-        if self.is_local(gpa, 4)
-            && self
-                .local
-                .store(val, GuestAddress(gpa), Ordering::Release)
-                .is_ok()
-        {
-            return Ok(());
-        }
-        self.write(gpa, &val.to_le_bytes())
+        self.store(gpa, val, &val.to_le_bytes())
     }
 
     /// As [`Mem::store_u32`], for a 64-bit value.
     pub(crate) fn store_u64(&self, gpa: u64, val: u64) -> Result<(), RemoteDmaError> {
-        if self.is_local(gpa, 8)
+        self.store(gpa, val, &val.to_le_bytes())
+    }
+
+    /// [`Mem::store_u32`] and [`Mem::store_u64`]: `val` locally, else `bytes` (its encoding) remotely.
+    fn store<T: AtomicAccess>(&self, gpa: u64, val: T, bytes: &[u8]) -> Result<(), RemoteDmaError> {
+        if self.is_local(gpa, bytes.len() as u64)
             && self
                 .local
                 .store(val, GuestAddress(gpa), Ordering::Release)
@@ -162,7 +161,7 @@ impl<'m> Mem<'m> {
         {
             return Ok(());
         }
-        self.write(gpa, &val.to_le_bytes())
+        self.write(gpa, bytes)
     }
 }
 
