@@ -402,6 +402,7 @@ static struct fl_ctx *fl_ctx_create(struct fl_dev *fl)
 		return ERR_PTR(-ENOMEM);
 	kref_init(&ctx->ref);
 	mutex_init(&ctx->lock);
+	mutex_init(&ctx->pass_mutex);
 	spin_lock_init(&ctx->cancel_lock);
 	spin_lock_init(&ctx->fq_lock);
 	xa_init(&ctx->blocks);
@@ -485,6 +486,9 @@ void fl_ctx_destroy(struct fl_ctx *ctx)
 	fl->ctx_table[ctx->id] = NULL;
 	fl->nr_ctx--;
 	spin_unlock(&fl->ctx_lock);
+	/* An inline pass in progress ends; a later one sees dying. */
+	mutex_lock(&ctx->pass_mutex);
+	mutex_unlock(&ctx->pass_mutex);
 	if (cancel_delayed_work_sync(&ctx->backoff_work))
 		fl_ctx_put(ctx);
 	if (cancel_work_sync(&ctx->fault_work))

@@ -70,8 +70,11 @@
  *       -> reset_mutex | stats_mutex (never nested with each other)
  *         -> fault_mutex (the fetcher; fl_fr_program() under reset_mutex)
  *           -> sq_lock (spinlock, never taken in hard-IRQ context)
- *   context fault work (ctx_wq; holds no lock of the above)
- *     -> mmap_lock (read, or write when escalated) [-> vma write lock]
+ *   context fault work (ctx_wq) or the fault IRQ thread after its fetch
+ *   (both hold no lock of the above)
+ *     -> ctx->pass_mutex (one pass of a context at a time; the IRQ
+ *        thread only trylocks it)
+ *       -> mmap_lock (read, or write when escalated) [-> vma write lock]
  *       -> notifier callbacks (from its own hmm_range_fault() faults)
  *       -> ctx->lock -> sq_lock
  * ctx->lock is taken inside mmap_lock (either mode) by the invalidate
@@ -80,7 +83,11 @@
  * callbacks). The callbacks take io_rwsem only with a trylock. ctx_lock,
  * orphan_lock, cancel_lock and fq_lock are leaf spinlocks. The interrupt
  * handlers take no lock: they use atomics, WRITE_ONCE, the wait queue and
- * queue_work(); the error handler's thread takes reset_mutex only.
+ * queue_work(); the error handler's thread takes reset_mutex only; the
+ * fault handler's thread (fl_fault_irq_thread()) takes fault_mutex for a
+ * fetch, releases it, then may run one pass of a context as its work would,
+ * except that it never waits for mmap_lock (trylock) nor retries (see
+ * "Inline passes" in fault.c).
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -135,6 +142,7 @@ extern unsigned int fl_job_timeout_ms;
 extern unsigned int fl_escalate_after;
 extern unsigned int fl_escalate_ms;
 extern unsigned int fl_prefetch_pct;
+extern unsigned int fl_fault_inline;
 
 /* Layout of the auxiliary DMA page. */
 #define FL_AUX_SIZE		SZ_4K
@@ -312,6 +320,7 @@ struct fl_dev {
 		atomic64_t escalations, deferrals, transient_cancels;
 		atomic64_t cancels_dropped, prefetch_blocks, prefetch_pages;
 		atomic64_t blocks, job_timeouts, begin_wait_ns, ctx_passes;
+		atomic64_t inline_passes, inline_punts;
 	} fst;
 
 	/* Written by the interrupt handlers only (lockless, READ_ONCE). */
@@ -403,6 +412,8 @@ struct fl_pt {
 
 #define FL_CANCEL_LOG		32
 #define FL_CTX_QUEUE		FL_BATCH_LIMIT	/* fetched records a context holds */
+#define FL_PASS_PREFETCH	16	/* windows one pass may prefetch */
+#define FL_INLINE_MAX		16	/* records the fault IRQ thread may service */
 #define FL_TRANSIENT_SLOTS	16	/* pages in backoff per context */
 
 /*
@@ -421,6 +432,13 @@ struct fl_transient {
 	u64 va;			/* 0: free slot */
 	unsigned long not_before;	/* jiffies */
 	unsigned int attempts;
+};
+
+/* A window to populate after a replay (fault.c, "Prefetch"). */
+struct fl_prefetch_req {
+	u64 va;			/* a faulting page of the window */
+	bool populate;		/* populate absent pages too */
+	bool write;		/* ... for writing */
 };
 
 /* One device context: the mirror of one process's address space. */
@@ -463,9 +481,16 @@ struct fl_ctx {
 	/*
 	 * Fault servicing (fault.c). fq_lock (leaf spinlock) guards the queue
 	 * of records the fetcher hands over (fq, fq_n, fq_gen, fq_replay),
-	 * the deferred records and dying. The work item runs on fl->ctx_wq,
-	 * one instance at a time per context; fwork, hmm_pfns, fcmds and
-	 * transient are its own.
+	 * the deferred records, the prefetch hand-over (pf, npf, pf_gen) and
+	 * dying. The work item runs on fl->ctx_wq, one instance at a time per
+	 * context; fwork is its own.
+	 *
+	 * pass_mutex: held across one pass (and its prefetch) by the work, or
+	 * by the fault IRQ thread for an inline pass (mutex_trylock only);
+	 * protects hmm_pfns, fcmds and transient. Taken with no other lock
+	 * held; mmap_lock and ctx->lock nest inside it. The invalidate
+	 * callbacks never take it; fl_ctx_destroy() takes it once (after
+	 * dying is set) to wait for an inline pass to end.
 	 */
 	spinlock_t fq_lock;
 	struct fl_fault_rec *fq;	/* FL_CTX_QUEUE records, not yet serviced */
@@ -478,6 +503,10 @@ struct fl_ctx {
 	u64 deferred_gen;		/* fl->generation of the deferred records */
 	struct work_struct fault_work;
 	struct delayed_work backoff_work;	/* re-queues the deferred records */
+	struct fl_prefetch_req pf[FL_PASS_PREFETCH];	/* from inline passes */
+	u32 npf;
+	u64 pf_gen;			/* fl->generation of the pf requests */
+	struct mutex pass_mutex;
 	struct fl_fault_rec *fwork;	/* FL_CTX_QUEUE: the pass being serviced */
 	unsigned long *hmm_pfns;	/* FL_HUGE_PAGES */
 	struct fl_cmd *fcmds;		/* FL_CTX_QUEUE + 2 */
@@ -601,6 +630,7 @@ void fl_fault_work(struct work_struct *work);
 void fl_fr_program(struct fl_dev *fl);
 void fl_ctx_fault_work(struct work_struct *work);
 void fl_ctx_backoff_work(struct work_struct *work);
+void fl_fault_irq_thread(struct fl_dev *fl);
 
 /* job.c: jobs and the shared-virtual-memory ioctls */
 void fl_orphans_free(struct fl_dev *fl, bool all);

@@ -49,6 +49,10 @@ unsigned int fl_prefetch_pct;
 module_param_named(prefetch_pct, fl_prefetch_pct, uint, 0644);
 MODULE_PARM_DESC(prefetch_pct, "with prefetch=Y, populate the rest of a window after the replay once this percentage of its 2 MiB block is mapped (0: always; default 0)");
 
+unsigned int fl_fault_inline = FL_INLINE_MAX;
+module_param_named(fault_inline, fl_fault_inline, uint, 0644);
+MODULE_PARM_DESC(fault_inline, "a fetch of at most this many pages, all of one idle context, is serviced in the fault interrupt's thread instead of the context's work (0: never; at most 16; default 16)");
+
 /* ---------------------------------------------------------------------- */
 /* ioctls */
 
