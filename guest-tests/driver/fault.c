@@ -1205,8 +1205,10 @@ struct fl_inline {
 
 /*
  * One fetch; true if more entries are pending. fault_mutex held. With @il
- * (the IRQ thread), a small fetch of one context without an overflow is
- * left in @il for an inline pass instead of being queued.
+ * (the IRQ thread), a small fetch of one context from a ring that neither
+ * overflowed nor was full is left in @il for an inline pass instead of
+ * being queued, and GET is not written: the thread writes it after the
+ * pass (fl_fault_irq_thread()), so that the REPLAY leaves first.
  */
 static bool fl_fault_batch(struct fl_dev *fl, struct fl_inline *il)
 {
@@ -1231,8 +1233,8 @@ static bool fl_fault_batch(struct fl_dev *fl, struct fl_inline *il)
 	atomic64_inc(&fl->fst.batches);
 
 	m = fl_fault_merge(fl, f, n);
-	if (il && (overflow || m > min_t(u32, READ_ONCE(fl_fault_inline),
-					 FL_INLINE_MAX)))
+	if (il && (overflow || full ||
+		   m > min_t(u32, READ_ONCE(fl_fault_inline), FL_INLINE_MAX)))
 		il = NULL;
 	for (i = 0; i < m; i = j) {
 		struct fl_ctx *ctx;
@@ -1257,6 +1259,8 @@ static bool fl_fault_batch(struct fl_dev *fl, struct fl_inline *il)
 		spin_unlock(&ctx->fq_lock);
 		fl_ctx_put(ctx);
 	}
+	if (il && il->ctx)
+		return READ_ONCE(fl->wb->fr_put) != fl->fr_get;
 	writel(fl->fr_get, fl->regs + FL_REG_FR_GET);
 	/*
 	 * A full ring may overflow until the device has seen the new GET, and
@@ -1322,10 +1326,20 @@ void fl_fault_irq_thread(struct fl_dev *fl)
 	mutex_unlock(&fl->fault_mutex);
 	if (more)
 		queue_work(fl->fault_wq, &fl->fault_work);
-	if (il.ctx) {
-		fl_ctx_inline(il.ctx, il.f, il.n, il.gen);
-		fl_ctx_put(il.ctx);
-	}
+	if (!il.ctx)
+		return;
+	fl_ctx_inline(il.ctx, il.f, il.n, il.gen);
+	fl_ctx_put(il.ctx);
+	/*
+	 * Free the slots and re-arm the interrupt (raised again if PUT moved
+	 * meanwhile). A fetch or a reset in between wrote a GET at least as
+	 * recent; this one repeats it.
+	 */
+	mutex_lock(&fl->fault_mutex);
+	if (fl->fr_size && !fl_usable(fl))
+		writel(fl->fr_get, fl->regs + FL_REG_FR_GET);
+	fl_ctx_ids_release(fl);
+	mutex_unlock(&fl->fault_mutex);
 }
 
 /*
