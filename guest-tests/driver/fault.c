@@ -609,11 +609,11 @@ static int fl_prefetch_flush(struct fl_ctx *ctx, struct fl_block *b,
  * Returns how many PTEs it wrote.
  */
 static unsigned int fl_prefetch_window(struct fl_ctx *ctx, u64 va,
-				       bool populate, bool write)
+				       bool populate, bool write,
+				       unsigned long *pfns, bool yield)
 {
 	struct fl_dev *fl = ctx->fl;
 	struct mm_struct *mm = ctx->mm;
-	unsigned long *pfns = ctx->hmm_pfns;
 	unsigned int tries = 0, written = 0;
 	struct vm_area_struct *vma;
 	struct fl_block *b;
@@ -645,7 +645,8 @@ again:
 	 * most FL_PREFETCH_CHUNK pages at a time; each run's own result fills
 	 * in its pfns.
 	 */
-	for (p = ws, m = ws; populate && p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
+	for (p = ws, m = ws; populate && p < we &&
+	     !(yield && fl_ctx_pending(ctx, ws, we)); p = q) {
 		unsigned long flags = HMM_PFN_REQ_FAULT |
 				      (write ? HMM_PFN_REQ_WRITE : 0);
 
@@ -967,8 +968,74 @@ static u32 fl_fault_merge(struct fl_dev *fl, struct fl_fault_rec *f, u32 n)
 }
 
 /*
+ * Ahead (prefetch_ahead). When the population of a faulting window starts,
+ * the next 2 MiB block, if the window's VMA goes on into it, is populated
+ * at the same time by the context's ahead work on an unbound worker (so on
+ * the other CPU), the same way (absent pages only, mapped and REPLAYed every
+ * FL_PREFETCH_MAP pages; writes only in private anonymous memory). Only a
+ * block the device faulted in starts it, so it runs at most one block past
+ * the device's last fault. Best effort like any prefetch: it never yields
+ * nor retries past three collisions, and a newer request replaces an older
+ * one not yet started.
+ */
+static void fl_ctx_ahead(struct fl_ctx *ctx, const struct fl_prefetch_req *r,
+			 u64 gen)
+{
+	u64 next = ALIGN_DOWN(r->va, FL_HUGE_SIZE) + FL_HUGE_SIZE;
+
+	if (!READ_ONCE(fl_prefetch_ahead) || next >= FL_VA_LIMIT)
+		return;
+	spin_lock(&ctx->fq_lock);
+	if (!ctx->dying && ctx->ahead_va != next) {
+		ctx->ahead_va = next;
+		ctx->ahead_write = r->write;
+		ctx->ahead_gen = gen;
+		kref_get(&ctx->ref);
+		if (!queue_work(system_unbound_wq, &ctx->ahead_work))
+			fl_ctx_put(ctx);	/* already queued; not the last ref */
+	}
+	spin_unlock(&ctx->fq_lock);
+}
+
+void fl_ctx_ahead_work(struct work_struct *work)
+{
+	struct fl_ctx *ctx = container_of(work, struct fl_ctx, ahead_work);
+	struct fl_dev *fl = ctx->fl;
+	struct mm_struct *mm = ctx->mm;
+	struct vm_area_struct *vma;
+	bool write, same;
+	u64 va, gen;
+
+	spin_lock(&ctx->fq_lock);
+	va = ctx->dying ? 0 : ctx->ahead_va;
+	write = ctx->ahead_write;
+	gen = ctx->ahead_gen;
+	spin_unlock(&ctx->fq_lock);
+	if (!va || gen != READ_ONCE(fl->generation) || fl_usable(fl) ||
+	    !mmget_not_zero(mm))
+		goto out;
+	/* The VMA of the block before goes on into this one. */
+	mmap_read_lock(mm);
+	vma = vma_lookup(mm, va - 1);
+	same = vma && vma->vm_end > va;
+	mmap_read_unlock(mm);
+	if (same) {
+		atomic64_inc(&fl->fst.ahead_blocks);
+		fl_prefetch_window(ctx, va, true, write, ctx->ahead_pfns, false);
+	}
+	mmput_async(mm);
+out:
+	/* Done with it; a request for another block re-queues the work. */
+	spin_lock(&ctx->fq_lock);
+	if (ctx->ahead_va == va)
+		ctx->ahead_va = 0;
+	spin_unlock(&ctx->fq_lock);
+	fl_ctx_put(ctx);
+}
+
+/*
  * Populate the windows of @pf (see "Prefetch") while no fault outside them
- * waits, in generation @gen. pass_mutex held.
+ * waits, in generation @gen. pass_mutex held; only the work calls it.
  */
 static void fl_ctx_prefetch(struct fl_ctx *ctx, const struct fl_prefetch_req *pf,
 			    u32 n, u64 gen)
@@ -981,7 +1048,10 @@ static void fl_ctx_prefetch(struct fl_ctx *ctx, const struct fl_prefetch_req *pf
 	for (i = 0; i < n && !fl_ctx_pending(ctx, 0, 0); i++) {
 		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
 			break;
-		fl_prefetch_window(ctx, pf[i].va, pf[i].populate, pf[i].write);
+		if (pf[i].populate)
+			fl_ctx_ahead(ctx, &pf[i], gen);
+		fl_prefetch_window(ctx, pf[i].va, pf[i].populate, pf[i].write,
+				   ctx->hmm_pfns, true);
 	}
 	mmput_async(ctx->mm);
 }

@@ -77,6 +77,9 @@
  *       -> mmap_lock (read, or write when escalated) [-> vma write lock]
  *       -> notifier callbacks (from its own hmm_range_fault() faults)
  *       -> ctx->lock -> sq_lock
+ *   the ahead work (system_unbound_wq; prefetch_ahead): as the context
+ *   fault work, without pass_mutex
+ *   any of these, with no lock held: ctx->block_mutex [-> mmap_lock]
  * ctx->lock is taken inside mmap_lock (either mode) by the invalidate
  * callbacks and by the fault work, so nothing holding ctx->lock takes
  * mmap_lock or allocates memory with reclaim (reclaim may call the
@@ -143,6 +146,7 @@ extern unsigned int fl_escalate_after;
 extern unsigned int fl_escalate_ms;
 extern unsigned int fl_prefetch_pct;
 extern unsigned int fl_fault_inline;
+extern bool fl_prefetch_ahead;
 
 /* Layout of the auxiliary DMA page. */
 #define FL_AUX_SIZE		SZ_4K
@@ -320,7 +324,7 @@ struct fl_dev {
 		atomic64_t escalations, deferrals, transient_cancels;
 		atomic64_t cancels_dropped, prefetch_blocks, prefetch_pages;
 		atomic64_t blocks, job_timeouts, begin_wait_ns, ctx_passes;
-		atomic64_t inline_passes, inline_punts;
+		atomic64_t inline_passes, inline_punts, ahead_blocks;
 	} fst;
 
 	/* Written by the interrupt handlers only (lockless, READ_ONCE). */
@@ -399,7 +403,11 @@ static inline bool fl_zero(const __u64 *v, size_t n)
  * not exported anyway) is needed.
  */
 #define FL_PT_ENTRIES		512
-#define FL_PT_SPARE		3	/* tables one window can need (L2, L1, L0) */
+/*
+ * Spare tables: one window can need three (L2, L1, L0), and two windows may
+ * be mapped at once: a pass's (or an inline pass's) and the ahead work's.
+ */
+#define FL_PT_SPARE		6
 #define FL_HUGE_SIZE		SZ_2M
 #define FL_HUGE_PAGES		(FL_HUGE_SIZE >> PAGE_SHIFT)
 #define FL_VA_LIMIT		BIT_ULL(FL_VA_BITS)
@@ -448,12 +456,16 @@ struct fl_ctx {
 	struct kref ref;
 	struct mm_struct *mm;		/* mmgrab()ed at bind, mmdrop()ed at free */
 	/*
-	 * blocks: block index (va >> 21) -> struct fl_block. Inserted by the
-	 * context's fault work only, removed at release (fl_ctx_destroy())
-	 * after the device stopped walking the tables. The xarray's own lock
-	 * covers its structure; entries are never freed while the work runs.
+	 * blocks: block index (va >> 21) -> struct fl_block. Inserted by
+	 * fl_block_get() (the fault work, an inline pass, the ahead work)
+	 * under block_mutex, removed at release (fl_ctx_destroy()) after the
+	 * device stopped walking the tables and those works were stopped. The
+	 * xarray's own lock covers its structure; entries are never freed
+	 * while a work runs. block_mutex is taken with no other lock held;
+	 * mmap_lock may nest inside it (mmu_interval_notifier_insert()).
 	 */
 	struct xarray blocks;
+	struct mutex block_mutex;
 	u16 id;				/* device context; ida-owned until retired */
 	bool leak;			/* UNBIND failed: never free the tables */
 	/*
@@ -507,6 +519,18 @@ struct fl_ctx {
 	u32 npf;
 	u64 pf_gen;			/* fl->generation of the pf requests */
 	struct mutex pass_mutex;
+	/*
+	 * Population ahead (fault.c, "Ahead"): ahead_work runs on
+	 * system_unbound_wq, one instance at a time, a context reference per
+	 * queued instance; ahead_va (0: none), ahead_write and ahead_gen are
+	 * its request (fq_lock), ahead_pfns its own. It takes mmap_lock (read)
+	 * and ctx->lock inside it, never pass_mutex.
+	 */
+	struct work_struct ahead_work;
+	u64 ahead_va;
+	u64 ahead_gen;
+	bool ahead_write;
+	unsigned long *ahead_pfns;	/* FL_HUGE_PAGES */
 	struct fl_fault_rec *fwork;	/* FL_CTX_QUEUE: the pass being serviced */
 	unsigned long *hmm_pfns;	/* FL_HUGE_PAGES */
 	struct fl_cmd *fcmds;		/* FL_CTX_QUEUE + 2 */
@@ -631,6 +655,7 @@ void fl_fr_program(struct fl_dev *fl);
 void fl_ctx_fault_work(struct work_struct *work);
 void fl_ctx_backoff_work(struct work_struct *work);
 void fl_fault_irq_thread(struct fl_dev *fl);
+void fl_ctx_ahead_work(struct work_struct *work);
 
 /* job.c: jobs and the shared-virtual-memory ioctls */
 void fl_orphans_free(struct fl_dev *fl, bool all);

@@ -53,6 +53,10 @@ unsigned int fl_fault_inline = FL_INLINE_MAX;
 module_param_named(fault_inline, fl_fault_inline, uint, 0644);
 MODULE_PARM_DESC(fault_inline, "a fetch of at most this many pages, all of one idle context, is serviced in the fault interrupt's thread instead of the context's work (0: never; at most 16; default 16)");
 
+bool fl_prefetch_ahead = true;
+module_param_named(prefetch_ahead, fl_prefetch_ahead, bool, 0644);
+MODULE_PARM_DESC(prefetch_ahead, "with prefetch=Y, when a faulting window's population starts, populate the next 2 MiB block of the same VMA concurrently, on an unbound worker (default Y)");
+
 /* ---------------------------------------------------------------------- */
 /* ioctls */
 
