@@ -40,6 +40,12 @@
  *     what changed and REPLAY;
  *  6. drop the mm with mmput_async(): the worker never runs exit_mmap().
  *
+ * With fault_inline > 0 the fault vector is a threaded IRQ whose thread
+ * fetches, and runs the pass of a small fetch of one idle context itself
+ * (see "Inline passes"); with prefetch_ahead, the population of a faulting
+ * window also starts that of the next block on another worker (see
+ * "Ahead").
+ *
  * Forward progress. A window whose hmm_range_fault() result collides with
  * an invalidation of its block (-EBUSY, or mmu_interval_read_retry()) is
  * serviced again at once. After escalate_after collisions, or once it has
@@ -991,7 +997,7 @@ static void fl_ctx_ahead(struct fl_ctx *ctx, const struct fl_prefetch_req *r,
 		ctx->ahead_write = r->write;
 		ctx->ahead_gen = gen;
 		kref_get(&ctx->ref);
-		if (!queue_work(system_unbound_wq, &ctx->ahead_work))
+		if (!queue_work(ctx->fl->ahead_wq, &ctx->ahead_work))
 			fl_ctx_put(ctx);	/* already queued; not the last ref */
 	}
 	spin_unlock(&ctx->fq_lock);

@@ -77,7 +77,7 @@
  *       -> mmap_lock (read, or write when escalated) [-> vma write lock]
  *       -> notifier callbacks (from its own hmm_range_fault() faults)
  *       -> ctx->lock -> sq_lock
- *   the ahead work (system_unbound_wq; prefetch_ahead): as the context
+ *   the ahead work (ahead_wq; prefetch_ahead): as the context
  *   fault work, without pass_mutex
  *   any of these, with no lock held: ctx->block_mutex [-> mmap_lock]
  * ctx->lock is taken inside mmap_lock (either mode) by the invalidate
@@ -287,6 +287,7 @@ struct fl_dev {
 	struct workqueue_struct *fault_wq;	/* the fetcher: fault_work */
 	struct work_struct fault_work;
 	struct workqueue_struct *ctx_wq;	/* per-context servicing, concurrent */
+	struct workqueue_struct *ahead_wq;	/* unbound: population ahead */
 
 	/*
 	 * ctx_lock (spinlock, leaf): ctx_table (context id -> bound context)
@@ -521,7 +522,7 @@ struct fl_ctx {
 	struct mutex pass_mutex;
 	/*
 	 * Population ahead (fault.c, "Ahead"): ahead_work runs on
-	 * system_unbound_wq, one instance at a time, a context reference per
+	 * fl->ahead_wq, one instance at a time, a context reference per
 	 * queued instance; ahead_va (0: none), ahead_write and ahead_gen are
 	 * its request (fq_lock), ahead_pfns its own. It takes mmap_lock (read)
 	 * and ctx->lock inside it, never pass_mutex.

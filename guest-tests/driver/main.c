@@ -362,7 +362,13 @@ static int fl_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	 */
 	fl->ctx_wq = alloc_workqueue("%s-ctx", WQ_HIGHPRI | WQ_CPU_INTENSIVE, 0,
 				     fl->name);
-	if (!fl->fault_wq || !fl->ctx_wq) {
+	/*
+	 * Unbound: a block populated ahead runs on whichever CPU is free,
+	 * beside the context's own pass (fault.c, "Ahead"). Only context
+	 * works queue it, so it is destroyed after ctx_wq.
+	 */
+	fl->ahead_wq = alloc_workqueue("%s-ahead", WQ_UNBOUND, 0, fl->name);
+	if (!fl->fault_wq || !fl->ctx_wq || !fl->ahead_wq) {
 		ret = -ENOMEM;
 		goto err_dma;
 	}
@@ -418,6 +424,8 @@ err_dma:
 	fl_hw_reset(fl);
 	if (fl->ctx_wq)
 		destroy_workqueue(fl->ctx_wq);
+	if (fl->ahead_wq)
+		destroy_workqueue(fl->ahead_wq);
 	if (fl->fault_wq)
 		destroy_workqueue(fl->fault_wq);
 	fl_free_dma(fl);
@@ -458,6 +466,7 @@ static void fl_remove(struct pci_dev *pdev)
 	fl_free_irqs(fl, FL_VEC_ERROR + 1);
 	pci_free_irq_vectors(pdev);
 	destroy_workqueue(fl->ctx_wq);		/* context passes end quickly */
+	destroy_workqueue(fl->ahead_wq);	/* so do blocks populated ahead */
 	destroy_workqueue(fl->fault_wq);	/* a late run sees FL_FLAG_DEAD */
 	WARN_ON(!list_empty(&fl->inflight));
 	pci_clear_master(pdev);
