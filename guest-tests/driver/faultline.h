@@ -466,7 +466,7 @@ struct fl_ctx {
 	 * mmap_lock may nest inside it (mmu_interval_notifier_insert()).
 	 */
 	struct xarray blocks;
-	struct mutex block_mutex;
+	struct mutex block_mutex;	/* inserts into blocks; see above */
 	u16 id;				/* device context; ida-owned until retired */
 	bool leak;			/* UNBIND failed: never free the tables */
 	/*
