@@ -476,8 +476,10 @@ err_free:
 /*
  * Release, in this order:
  *  1. dying: the fetcher queues nothing more for the context; forget the
- *     id (entries for it are stale from now); stop its fault work (which
- *     sends its last commands for the id now, never after the id is freed);
+ *     id (entries for it are stale from now); wait for an inline pass in
+ *     the fault IRQ thread (pass_mutex), stop its fault work and its ahead
+ *     work (which send their last commands for the id now, never after
+ *     the id is freed);
  *  2. UNBIND (the device fails the context's stalled jobs), then read the
  *     device's PUT: entries posted before the UNBIND lie before it, and the
  *     id stays retired until the fetcher's GET has passed it;
