@@ -181,9 +181,11 @@ static const struct mmu_interval_notifier_ops fl_block_ops = {
 
 /*
  * The block of @va, with its notifier inserted. Called by the context's
- * fault work only (so two inserts of one block never race), without
- * mmap_lock (mmu_interval_notifier_insert() may take it) and without
- * ctx->lock. Returns NULL without memory.
+ * fault work, an inline pass and the ahead work, without mmap_lock
+ * (mmu_interval_notifier_insert() may take it) and without ctx->lock;
+ * block_mutex serialises the inserts, and a block is published in the
+ * xarray only once its notifier is in, so a lockless lookup never finds a
+ * half-made one. Returns NULL without memory.
  */
 struct fl_block *fl_block_get(struct fl_ctx *ctx, u64 va)
 {
@@ -192,22 +194,30 @@ struct fl_block *fl_block_get(struct fl_ctx *ctx, u64 va)
 
 	if (b)
 		return b;
+	mutex_lock(&ctx->block_mutex);
+	b = xa_load(&ctx->blocks, idx);
+	if (b)
+		goto out;
 	b = kzalloc(sizeof(*b), GFP_KERNEL);
 	if (!b)
-		return NULL;
+		goto out;
 	b->ctx = ctx;
 	b->start = ALIGN_DOWN(va, FL_HUGE_SIZE);
-	if (xa_insert(&ctx->blocks, idx, b, GFP_KERNEL)) {
-		kfree(b);
-		return NULL;
-	}
 	if (mmu_interval_notifier_insert(&b->notifier, ctx->mm, b->start,
 					 FL_HUGE_SIZE, &fl_block_ops)) {
-		xa_erase(&ctx->blocks, idx);
 		kfree(b);
-		return NULL;
+		b = NULL;
+		goto out;
+	}
+	if (xa_insert(&ctx->blocks, idx, b, GFP_KERNEL)) {
+		mmu_interval_notifier_remove(&b->notifier);
+		kfree(b);
+		b = NULL;
+		goto out;
 	}
 	atomic64_inc(&ctx->fl->fst.blocks);
+out:
+	mutex_unlock(&ctx->block_mutex);
 	return b;
 }
 
@@ -313,6 +323,7 @@ static void fl_ctx_free_mem(struct fl_ctx *ctx)
 	kvfree(ctx->fwork);
 	kfree(ctx->deferred);
 	kvfree(ctx->hmm_pfns);
+	kvfree(ctx->ahead_pfns);
 	kvfree(ctx->fcmds);
 	kfree(ctx);
 	kref_put(&fl->ref, fl_release_dev);
@@ -372,10 +383,13 @@ static int fl_ctx_alloc_fault_state(struct fl_ctx *ctx)
 	ctx->fwork = kvcalloc(FL_CTX_QUEUE, sizeof(*ctx->fwork), GFP_KERNEL);
 	ctx->deferred = kcalloc(FL_TRANSIENT_SLOTS, sizeof(*ctx->deferred),
 				GFP_KERNEL);
+	ctx->ahead_pfns = kvcalloc(FL_HUGE_PAGES, sizeof(*ctx->ahead_pfns),
+				   GFP_KERNEL);
 	ctx->hmm_pfns = kvcalloc(FL_HUGE_PAGES, sizeof(*ctx->hmm_pfns),
 				 GFP_KERNEL);
 	ctx->fcmds = kvcalloc(FL_CTX_QUEUE + 2, sizeof(*ctx->fcmds), GFP_KERNEL);
 	if (!ctx->fq || !ctx->fwork || !ctx->deferred || !ctx->hmm_pfns ||
+	    !ctx->ahead_pfns ||
 	    !ctx->fcmds)
 		return -ENOMEM;
 	return 0;
@@ -402,10 +416,13 @@ static struct fl_ctx *fl_ctx_create(struct fl_dev *fl)
 		return ERR_PTR(-ENOMEM);
 	kref_init(&ctx->ref);
 	mutex_init(&ctx->lock);
+	mutex_init(&ctx->pass_mutex);
+	mutex_init(&ctx->block_mutex);
 	spin_lock_init(&ctx->cancel_lock);
 	spin_lock_init(&ctx->fq_lock);
 	xa_init(&ctx->blocks);
 	INIT_WORK(&ctx->fault_work, fl_ctx_fault_work);
+	INIT_WORK(&ctx->ahead_work, fl_ctx_ahead_work);
 	INIT_DELAYED_WORK(&ctx->backoff_work, fl_ctx_backoff_work);
 	ctx->bound_gen = U64_MAX;
 	ctx->fl = fl;
@@ -459,8 +476,10 @@ err_free:
 /*
  * Release, in this order:
  *  1. dying: the fetcher queues nothing more for the context; forget the
- *     id (entries for it are stale from now); stop its fault work (which
- *     sends its last commands for the id now, never after the id is freed);
+ *     id (entries for it are stale from now); wait for an inline pass in
+ *     the fault IRQ thread (pass_mutex), stop its fault work and its ahead
+ *     work (which send their last commands for the id now, never after
+ *     the id is freed);
  *  2. UNBIND (the device fails the context's stalled jobs), then read the
  *     device's PUT: entries posted before the UNBIND lie before it, and the
  *     id stays retired until the fetcher's GET has passed it;
@@ -485,9 +504,14 @@ void fl_ctx_destroy(struct fl_ctx *ctx)
 	fl->ctx_table[ctx->id] = NULL;
 	fl->nr_ctx--;
 	spin_unlock(&fl->ctx_lock);
+	/* An inline pass in progress ends; a later one sees dying. */
+	mutex_lock(&ctx->pass_mutex);
+	mutex_unlock(&ctx->pass_mutex);
 	if (cancel_delayed_work_sync(&ctx->backoff_work))
 		fl_ctx_put(ctx);
 	if (cancel_work_sync(&ctx->fault_work))
+		fl_ctx_put(ctx);
+	if (cancel_work_sync(&ctx->ahead_work))
 		fl_ctx_put(ctx);
 
 	down_read(&fl->io_rwsem);

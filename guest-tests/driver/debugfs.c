@@ -51,6 +51,9 @@ static const struct fl_dbg_counter fl_dbg_counters[] = {
 	FL_DBG_FST(job_timeouts),
 	FL_DBG_FST(begin_wait_ns),
 	FL_DBG_FST(ctx_passes),
+	FL_DBG_FST(inline_passes),
+	FL_DBG_FST(inline_punts),
+	FL_DBG_FST(ahead_blocks),
 	FL_DBG_IRQ(FL_VEC_QUEUE, "irq_queue"),
 	FL_DBG_IRQ(FL_VEC_FAULT, "irq_fault"),
 	FL_DBG_IRQ(FL_VEC_ERROR, "irq_error"),
@@ -77,6 +80,8 @@ static int fl_dbg_counters_show(struct seq_file *m, void *unused)
 	seq_printf(m, "fault_batch %u\n", READ_ONCE(fl_fault_batch_max));
 	seq_printf(m, "prefetch %d\n", READ_ONCE(fl_fault_prefetch));
 	seq_printf(m, "prefetch_pct %u\n", READ_ONCE(fl_prefetch_pct));
+	seq_printf(m, "fault_inline %u\n", READ_ONCE(fl_fault_inline));
+	seq_printf(m, "prefetch_ahead %d\n", READ_ONCE(fl_prefetch_ahead));
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(fl_dbg_counters);

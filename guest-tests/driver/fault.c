@@ -40,6 +40,12 @@
  *     what changed and REPLAY;
  *  6. drop the mm with mmput_async(): the worker never runs exit_mmap().
  *
+ * With fault_inline > 0 the fault vector is a threaded IRQ whose thread
+ * fetches, and runs the pass of a small fetch of one idle context itself
+ * (see "Inline passes"); with prefetch_ahead, the population of a faulting
+ * window also starts that of the next block on another worker (see
+ * "Ahead").
+ *
  * Forward progress. A window whose hmm_range_fault() result collides with
  * an invalidation of its block (-EBUSY, or mmu_interval_read_retry()) is
  * serviced again at once. After escalate_after collisions, or once it has
@@ -93,19 +99,16 @@
 
 #define FL_TRANSIENT_TRIES	10
 #define FL_BACKOFF_MAX_MS	128
-#define FL_PASS_PREFETCH	16	/* windows one pass may prefetch */
 #define FL_PREFETCH_CHUNK	32	/* pages populated between checks for faults */
 #define FL_PREFETCH_MAP		64	/* pages populated between map + REPLAY */
 
-/* What a pass collects (struct on the work's stack). */
+/* What a pass collects (struct on the stack of the work or IRQ thread). */
 struct fl_pass {
 	struct fl_span changed;		/* valid PTEs changed: INVALIDATE first */
+	bool inl;			/* inline pass (see "Inline passes") */
+	bool punt;			/* inline: a window needs the work */
 	unsigned int nprefetch;
-	struct {
-		u64 va;			/* a faulting page of the window */
-		bool populate;		/* populate absent pages too */
-		bool write;		/* ... for writing */
-	} prefetch[FL_PASS_PREFETCH];
+	struct fl_prefetch_req prefetch[FL_PASS_PREFETCH];
 };
 
 static int fl_fault_cmp(const void *a, const void *b)
@@ -445,12 +448,21 @@ again:
 	tb = ktime_get_ns();
 	seq = mmu_interval_read_begin(&b->notifier);
 	atomic64_add(ktime_get_ns() - tb, &fl->fst.begin_wait_ns);
-	if (!write_lock && fl_escalate(fl, collisions, t0)) {
+	if (!ps->inl && !write_lock && fl_escalate(fl, collisions, t0)) {
 		write_lock = true;
 		atomic64_inc(&fl->fst.escalations);
 	}
-	fl_mmap_lock(mm, write_lock);
+	if (ps->inl) {
+		if (!mmap_read_trylock(mm))
+			goto punt;
+	} else {
+		fl_mmap_lock(mm, write_lock);
+	}
 	vma = vma_lookup(mm, f[0].va);
+	if (ps->inl && (!vma || !vma_is_anonymous(vma))) {
+		mmap_read_unlock(mm);
+		goto punt;	/* a file page may wait for I/O */
+	}
 	if (!fl_vma_usable(vma)) {
 		fl_mmap_unlock(mm, write_lock);
 		fl_fault_cancel(&f[0], FL_ACC_ALL, -EFAULT, FL_WHY_NO_VMA);
@@ -518,9 +530,15 @@ again:
 
 collided:
 	fl_mmap_unlock(mm, write_lock);
+	if (ps->inl)
+		goto punt;	/* retries and escalation are the work's */
 	atomic64_inc(&fl->fst.retries);
 	collisions++;
 	goto again;
+
+punt:
+	ps->punt = true;
+	return 0;
 
 transient:
 	/* No memory for the block or a table: back off, never cancel. */
@@ -597,11 +615,11 @@ static int fl_prefetch_flush(struct fl_ctx *ctx, struct fl_block *b,
  * Returns how many PTEs it wrote.
  */
 static unsigned int fl_prefetch_window(struct fl_ctx *ctx, u64 va,
-				       bool populate, bool write)
+				       bool populate, bool write,
+				       unsigned long *pfns, bool yield)
 {
 	struct fl_dev *fl = ctx->fl;
 	struct mm_struct *mm = ctx->mm;
-	unsigned long *pfns = ctx->hmm_pfns;
 	unsigned int tries = 0, written = 0;
 	struct vm_area_struct *vma;
 	struct fl_block *b;
@@ -633,7 +651,8 @@ again:
 	 * most FL_PREFETCH_CHUNK pages at a time; each run's own result fills
 	 * in its pfns.
 	 */
-	for (p = ws, m = ws; populate && p < we && !fl_ctx_pending(ctx, ws, we); p = q) {
+	for (p = ws, m = ws; populate && p < we &&
+	     !(yield && fl_ctx_pending(ctx, ws, we)); p = q) {
 		unsigned long flags = HMM_PFN_REQ_FAULT |
 				      (write ? HMM_PFN_REQ_WRITE : 0);
 
@@ -954,15 +973,150 @@ static u32 fl_fault_merge(struct fl_dev *fl, struct fl_fault_rec *f, u32 n)
 	return m;
 }
 
-/* One pass over @n records of generation @gen (see the top of the file). */
-static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
-			bool replay, u64 gen)
+/*
+ * Ahead (prefetch_ahead). When the population of a faulting window starts,
+ * the next 2 MiB block, if the window's VMA goes on into it, is populated
+ * at the same time by the context's ahead work on an unbound worker (so on
+ * the other CPU), the same way (absent pages only, mapped and REPLAYed every
+ * FL_PREFETCH_MAP pages; writes only in private anonymous memory). Only a
+ * block the device faulted in starts it, so it runs at most one block past
+ * the device's last fault. Best effort like any prefetch: it never yields
+ * nor retries past three collisions, and a newer request replaces an older
+ * one not yet started.
+ */
+static void fl_ctx_ahead(struct fl_ctx *ctx, const struct fl_prefetch_req *r,
+			 u64 gen)
+{
+	u64 next = ALIGN_DOWN(r->va, FL_HUGE_SIZE) + FL_HUGE_SIZE;
+
+	if (!READ_ONCE(fl_prefetch_ahead) || next >= FL_VA_LIMIT)
+		return;
+	spin_lock(&ctx->fq_lock);
+	if (!ctx->dying && ctx->ahead_va != next) {
+		ctx->ahead_va = next;
+		ctx->ahead_write = r->write;
+		ctx->ahead_gen = gen;
+		kref_get(&ctx->ref);
+		if (!queue_work(ctx->fl->ahead_wq, &ctx->ahead_work))
+			fl_ctx_put(ctx);	/* already queued; not the last ref */
+	}
+	spin_unlock(&ctx->fq_lock);
+}
+
+void fl_ctx_ahead_work(struct work_struct *work)
+{
+	struct fl_ctx *ctx = container_of(work, struct fl_ctx, ahead_work);
+	struct fl_dev *fl = ctx->fl;
+	struct mm_struct *mm = ctx->mm;
+	struct vm_area_struct *vma;
+	bool write, same;
+	u64 va, gen;
+
+	spin_lock(&ctx->fq_lock);
+	va = ctx->dying ? 0 : ctx->ahead_va;
+	write = ctx->ahead_write;
+	gen = ctx->ahead_gen;
+	spin_unlock(&ctx->fq_lock);
+	if (!va || gen != READ_ONCE(fl->generation) || fl_usable(fl) ||
+	    !mmget_not_zero(mm))
+		goto out;
+	/* The VMA of the block before goes on into this one. */
+	mmap_read_lock(mm);
+	vma = vma_lookup(mm, va - 1);
+	same = vma && vma->vm_end > va;
+	mmap_read_unlock(mm);
+	if (same) {
+		atomic64_inc(&fl->fst.ahead_blocks);
+		fl_prefetch_window(ctx, va, true, write, ctx->ahead_pfns, false);
+	}
+	mmput_async(mm);
+out:
+	/* Done with it; a request for another block re-queues the work. */
+	spin_lock(&ctx->fq_lock);
+	if (ctx->ahead_va == va)
+		ctx->ahead_va = 0;
+	spin_unlock(&ctx->fq_lock);
+	fl_ctx_put(ctx);
+}
+
+/*
+ * Populate the windows of @pf (see "Prefetch") while no fault outside them
+ * waits, in generation @gen. pass_mutex held; only the work calls it.
+ */
+static void fl_ctx_prefetch(struct fl_ctx *ctx, const struct fl_prefetch_req *pf,
+			    u32 n, u64 gen)
 {
 	struct fl_dev *fl = ctx->fl;
-	struct fl_pass ps = {};
-	u32 i, m, dups = 0;
+	u32 i;
+
+	if (!n || !mmget_not_zero(ctx->mm))
+		return;
+	for (i = 0; i < n && !fl_ctx_pending(ctx, 0, 0); i++) {
+		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
+			break;
+		if (pf[i].populate)
+			fl_ctx_ahead(ctx, &pf[i], gen);
+		fl_prefetch_window(ctx, pf[i].va, pf[i].populate, pf[i].write,
+				   ctx->hmm_pfns, true);
+	}
+	mmput_async(ctx->mm);
+}
+
+/*
+ * Inline pass: move the records it leaves to the work (from index @stop
+ * on, and those it would cancel: a cancel is re-checked under a blocking
+ * mmap_read_lock) behind the rest of @f[0, m); returns how many it keeps.
+ */
+static u32 fl_punt_partition(struct fl_fault_rec *f, u32 m, u32 stop)
+{
+	struct fl_fault_rec tmp[FL_INLINE_MAX];
+	u32 i, k = 0, p = 0;
+
+	for (i = 0; i < m; i++) {
+		if (i >= stop || f[i].cancel)
+			tmp[p++] = f[i];
+		else
+			f[k++] = f[i];
+	}
+	memcpy(f + k, tmp, p * sizeof(*f));
+	return k;
+}
+
+/*
+ * Inline pass: hand the @n records it left and its prefetch requests to
+ * the context's work (see "Inline passes").
+ */
+static void fl_ctx_hand_over(struct fl_ctx *ctx, const struct fl_fault_rec *f,
+			     u32 n, const struct fl_pass *ps, u64 gen)
+{
+	u32 i;
+
+	if (!n && !ps->nprefetch)
+		return;
+	if (n)
+		atomic64_inc(&ctx->fl->fst.inline_punts);
+	spin_lock(&ctx->fq_lock);
+	if (ctx->pf_gen != gen)
+		ctx->npf = 0;
+	ctx->pf_gen = gen;
+	for (i = 0; i < ps->nprefetch && ctx->npf < FL_PASS_PREFETCH; i++)
+		ctx->pf[ctx->npf++] = ps->prefetch[i];
+	fl_ctx_queue_locked(ctx, f, n, gen);
+	spin_unlock(&ctx->fq_lock);
+}
+
+/*
+ * One pass over @n records of generation @gen (see the top of the file).
+ * pass_mutex held. An inline pass (ps->inl) hands over what it leaves.
+ */
+static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
+			bool replay, u64 gen, struct fl_pass *ps)
+{
+	struct fl_dev *fl = ctx->fl;
+	u32 i, m, dups = 0, stop;
 	bool mm_ok;
 
+	lockdep_assert_held(&ctx->pass_mutex);
 	atomic64_inc(&fl->fst.ctx_passes);
 	m = fl_fault_merge(fl, f, n);
 	mutex_lock(&ctx->lock);
@@ -999,24 +1153,32 @@ static void fl_ctx_pass(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
 		/* A reset aborted the jobs; a release UNBINDs them. */
 		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
 			goto out;
-		replay = true;
 		if (!mm_ok) {
+			if (ps->inl)
+				break;	/* the work cancels */
+			replay = true;
 			fl_fault_cancel(&f[i], FL_ACC_ALL, -EFAULT, FL_WHY_NO_VMA);
 			i++;
 			continue;
 		}
-		i += fl_service_window(ctx, f + i, m - i, &ps);
+		stop = fl_service_window(ctx, f + i, m - i, ps);
+		if (ps->punt)
+			break;
+		replay = true;
+		i += stop;
 	}
+	stop = i;
+	n = m;
+	if (ps->inl)
+		m = fl_punt_partition(f, m, stop);
 	for (i = 0; i < m; i++)
 		fl_transient_note(ctx, &f[i]);
-	fl_ctx_send(ctx, f, m, &ps.changed, replay, mm_ok);
+	fl_ctx_send(ctx, f, m, &ps->changed, replay, mm_ok);
 
-	for (i = 0; i < ps.nprefetch && !fl_ctx_pending(ctx, 0, 0); i++) {
-		if (READ_ONCE(fl->generation) != gen || fl_ctx_dying(ctx))
-			goto out;
-		fl_prefetch_window(ctx, ps.prefetch[i].va, ps.prefetch[i].populate,
-				   ps.prefetch[i].write);
-	}
+	if (ps->inl)
+		fl_ctx_hand_over(ctx, f + m, n - m, ps, gen);
+	else
+		fl_ctx_prefetch(ctx, ps->prefetch, ps->nprefetch, gen);
 	fl_backoff_schedule(ctx);
 out:
 	if (mm_ok)
@@ -1027,13 +1189,15 @@ out:
 void fl_ctx_fault_work(struct work_struct *work)
 {
 	struct fl_ctx *ctx = container_of(work, struct fl_ctx, fault_work);
+	struct fl_prefetch_req pf[FL_PASS_PREFETCH];
 	struct fl_dev *fl = ctx->fl;
 
 	for (;;) {
+		struct fl_pass ps = {};
 		struct fl_fault_rec *f;
 		bool replay, dying;
-		u64 gen;
-		u32 n;
+		u64 gen, pf_gen;
+		u32 n, npf;
 
 		spin_lock(&ctx->fq_lock);
 		n = ctx->fq_n;
@@ -1045,21 +1209,84 @@ void fl_ctx_fault_work(struct work_struct *work)
 		ctx->fwork = f;
 		ctx->fq_n = 0;
 		ctx->fq_replay = false;
+		npf = ctx->npf;
+		pf_gen = ctx->pf_gen;
+		memcpy(pf, ctx->pf, npf * sizeof(*pf));
+		ctx->npf = 0;
 		spin_unlock(&ctx->fq_lock);
-		if (!n && !replay)
+		if (!n && !replay && !npf)
 			break;
-		if (dying || gen != READ_ONCE(fl->generation) || fl_usable(fl))
+		if (dying || fl_usable(fl))
 			continue;	/* moot: see fl_ctx_pass() */
-		fl_ctx_pass(ctx, f, n, replay, gen);
+		mutex_lock(&ctx->pass_mutex);
+		if ((n || replay) && gen == READ_ONCE(fl->generation))
+			fl_ctx_pass(ctx, f, n, replay, gen, &ps);
+		if (pf_gen == READ_ONCE(fl->generation))
+			fl_ctx_prefetch(ctx, pf, npf, pf_gen);
+		mutex_unlock(&ctx->pass_mutex);
 	}
 	fl_ctx_put(ctx);
+}
+
+/*
+ * Inline passes. The fault interrupt's thread fetches like the work
+ * (fl_fault_batch()), and when the fetch holds at most fault_inline pages,
+ * all of one context whose work has nothing queued and runs no pass, it
+ * runs that context's pass itself (pass_mutex, trylock), saving the hops to
+ * the fetcher's and the context's workers. It services only what cannot
+ * wait long: mmap_lock is only trylocked, only anonymous VMAs are faulted
+ * (a file page may wait for I/O), and the first collision with an
+ * invalidation ends it; what it leaves (those windows, the cancels, the
+ * post-replay prefetch) goes to the context's work, which retries,
+ * escalates, cancels and populates as usual. Forward progress is the
+ * work's: an inline pass only ever takes a window off its hands.
+ */
+static void fl_ctx_inline(struct fl_ctx *ctx, struct fl_fault_rec *f, u32 n,
+			  u64 gen)
+{
+	struct fl_dev *fl = ctx->fl;
+	struct fl_pass ps = { .inl = true };
+	bool idle;
+
+	if (!mutex_trylock(&ctx->pass_mutex))
+		goto hand_over;
+	spin_lock(&ctx->fq_lock);
+	idle = !ctx->dying && !ctx->fq_n && !ctx->fq_replay;
+	spin_unlock(&ctx->fq_lock);
+	if (!idle || gen != READ_ONCE(fl->generation) || fl_usable(fl)) {
+		mutex_unlock(&ctx->pass_mutex);
+		goto hand_over;
+	}
+	atomic64_inc(&fl->fst.inline_passes);
+	fl_ctx_pass(ctx, f, n, false, gen, &ps);
+	mutex_unlock(&ctx->pass_mutex);
+	return;
+
+hand_over:
+	spin_lock(&ctx->fq_lock);
+	fl_ctx_queue_locked(ctx, f, n, gen);
+	spin_unlock(&ctx->fq_lock);
 }
 
 /* ---------------------------------------------------------------------- */
 /* The fetcher */
 
-/* One fetch; true if more entries are pending. fault_mutex held. */
-static bool fl_fault_batch(struct fl_dev *fl)
+/* A fetch the fault IRQ thread services itself (on its stack). */
+struct fl_inline {
+	struct fl_ctx *ctx;		/* a reference; NULL: none */
+	u64 gen;
+	u32 n;
+	struct fl_fault_rec f[FL_INLINE_MAX];
+};
+
+/*
+ * One fetch; true if more entries are pending. fault_mutex held. With @il
+ * (the IRQ thread), a small fetch of one context from a ring that neither
+ * overflowed nor was full is left in @il for an inline pass instead of
+ * being queued, and GET is not written: the thread writes it after the
+ * pass (fl_fault_irq_thread()), so that the REPLAY leaves first.
+ */
+static bool fl_fault_batch(struct fl_dev *fl, struct fl_inline *il)
 {
 	struct fl_fault_rec *f = fl->fbatch;
 	u64 gen = READ_ONCE(fl->generation);
@@ -1082,6 +1309,9 @@ static bool fl_fault_batch(struct fl_dev *fl)
 	atomic64_inc(&fl->fst.batches);
 
 	m = fl_fault_merge(fl, f, n);
+	if (il && (overflow || full ||
+		   m > min_t(u32, READ_ONCE(fl_fault_inline), FL_INLINE_MAX)))
+		il = NULL;
 	for (i = 0; i < m; i = j) {
 		struct fl_ctx *ctx;
 
@@ -1093,11 +1323,20 @@ static bool fl_fault_batch(struct fl_dev *fl)
 			atomic64_add(j - i, &fl->fst.stale);
 			continue;
 		}
+		if (il && i == 0 && j == m) {
+			il->ctx = ctx;	/* the reference goes with it */
+			il->gen = gen;
+			il->n = m;
+			memcpy(il->f, f, m * sizeof(*f));
+			continue;
+		}
 		spin_lock(&ctx->fq_lock);
 		fl_ctx_queue_locked(ctx, f + i, j - i, gen);
 		spin_unlock(&ctx->fq_lock);
 		fl_ctx_put(ctx);
 	}
+	if (il && il->ctx)
+		return READ_ONCE(fl->wb->fr_put) != fl->fr_get;
 	writel(fl->fr_get, fl->regs + FL_REG_FR_GET);
 	/*
 	 * A full ring may overflow until the device has seen the new GET, and
@@ -1137,12 +1376,45 @@ void fl_fault_work(struct work_struct *work)
 
 	atomic64_inc(&fl->fst.worker_runs);
 	mutex_lock(&fl->fault_mutex);
-	while (fl->fr_size && !fl_usable(fl) && fl_fault_batch(fl)) {
+	while (fl->fr_size && !fl_usable(fl) && fl_fault_batch(fl, NULL)) {
 		if (++batches >= FL_MAX_BATCHES) {
 			queue_work(fl->fault_wq, &fl->fault_work);
 			break;
 		}
 	}
+	mutex_unlock(&fl->fault_mutex);
+}
+
+/*
+ * The fault interrupt's thread (fault_inline > 0): one fetch; the rest of
+ * the ring goes to the fetcher's work, and a small fetch of one idle
+ * context is serviced here (see "Inline passes").
+ */
+void fl_fault_irq_thread(struct fl_dev *fl)
+{
+	struct fl_inline il;
+	bool more = false;
+
+	il.ctx = NULL;
+	mutex_lock(&fl->fault_mutex);
+	if (fl->fr_size && !fl_usable(fl))
+		more = fl_fault_batch(fl, &il);
+	mutex_unlock(&fl->fault_mutex);
+	if (more)
+		queue_work(fl->fault_wq, &fl->fault_work);
+	if (!il.ctx)
+		return;
+	fl_ctx_inline(il.ctx, il.f, il.n, il.gen);
+	fl_ctx_put(il.ctx);
+	/*
+	 * Free the slots and re-arm the interrupt (raised again if PUT moved
+	 * meanwhile). A fetch or a reset in between wrote a GET at least as
+	 * recent; this one repeats it.
+	 */
+	mutex_lock(&fl->fault_mutex);
+	if (fl->fr_size && !fl_usable(fl))
+		writel(fl->fr_get, fl->regs + FL_REG_FR_GET);
+	fl_ctx_ids_release(fl);
 	mutex_unlock(&fl->fault_mutex);
 }
 

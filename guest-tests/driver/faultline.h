@@ -70,17 +70,27 @@
  *       -> reset_mutex | stats_mutex (never nested with each other)
  *         -> fault_mutex (the fetcher; fl_fr_program() under reset_mutex)
  *           -> sq_lock (spinlock, never taken in hard-IRQ context)
- *   context fault work (ctx_wq; holds no lock of the above)
- *     -> mmap_lock (read, or write when escalated) [-> vma write lock]
+ *   context fault work (ctx_wq) or the fault IRQ thread after its fetch
+ *   (both hold no lock of the above)
+ *     -> ctx->pass_mutex (one pass of a context at a time; the IRQ
+ *        thread only trylocks it)
+ *       -> mmap_lock (read, or write when escalated) [-> vma write lock]
  *       -> notifier callbacks (from its own hmm_range_fault() faults)
  *       -> ctx->lock -> sq_lock
+ *   the ahead work (ahead_wq; prefetch_ahead): as the context
+ *   fault work, without pass_mutex
+ *   any of these, with no lock held: ctx->block_mutex [-> mmap_lock]
  * ctx->lock is taken inside mmap_lock (either mode) by the invalidate
  * callbacks and by the fault work, so nothing holding ctx->lock takes
  * mmap_lock or allocates memory with reclaim (reclaim may call the
  * callbacks). The callbacks take io_rwsem only with a trylock. ctx_lock,
  * orphan_lock, cancel_lock and fq_lock are leaf spinlocks. The interrupt
  * handlers take no lock: they use atomics, WRITE_ONCE, the wait queue and
- * queue_work(); the error handler's thread takes reset_mutex only.
+ * queue_work(); the error handler's thread takes reset_mutex only; the
+ * fault handler's thread (fl_fault_irq_thread()) takes fault_mutex for a
+ * fetch, releases it, then may run one pass of a context as its work would,
+ * except that it never waits for mmap_lock (trylock) nor retries (see
+ * "Inline passes" in fault.c).
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -135,6 +145,8 @@ extern unsigned int fl_job_timeout_ms;
 extern unsigned int fl_escalate_after;
 extern unsigned int fl_escalate_ms;
 extern unsigned int fl_prefetch_pct;
+extern unsigned int fl_fault_inline;
+extern bool fl_prefetch_ahead;
 
 /* Layout of the auxiliary DMA page. */
 #define FL_AUX_SIZE		SZ_4K
@@ -275,6 +287,7 @@ struct fl_dev {
 	struct workqueue_struct *fault_wq;	/* the fetcher: fault_work */
 	struct work_struct fault_work;
 	struct workqueue_struct *ctx_wq;	/* per-context servicing, concurrent */
+	struct workqueue_struct *ahead_wq;	/* unbound: population ahead */
 
 	/*
 	 * ctx_lock (spinlock, leaf): ctx_table (context id -> bound context)
@@ -312,6 +325,7 @@ struct fl_dev {
 		atomic64_t escalations, deferrals, transient_cancels;
 		atomic64_t cancels_dropped, prefetch_blocks, prefetch_pages;
 		atomic64_t blocks, job_timeouts, begin_wait_ns, ctx_passes;
+		atomic64_t inline_passes, inline_punts, ahead_blocks;
 	} fst;
 
 	/* Written by the interrupt handlers only (lockless, READ_ONCE). */
@@ -390,7 +404,11 @@ static inline bool fl_zero(const __u64 *v, size_t n)
  * not exported anyway) is needed.
  */
 #define FL_PT_ENTRIES		512
-#define FL_PT_SPARE		3	/* tables one window can need (L2, L1, L0) */
+/*
+ * Spare tables: one window can need three (L2, L1, L0), and two windows may
+ * be mapped at once: a pass's (or an inline pass's) and the ahead work's.
+ */
+#define FL_PT_SPARE		6
 #define FL_HUGE_SIZE		SZ_2M
 #define FL_HUGE_PAGES		(FL_HUGE_SIZE >> PAGE_SHIFT)
 #define FL_VA_LIMIT		BIT_ULL(FL_VA_BITS)
@@ -403,6 +421,8 @@ struct fl_pt {
 
 #define FL_CANCEL_LOG		32
 #define FL_CTX_QUEUE		FL_BATCH_LIMIT	/* fetched records a context holds */
+#define FL_PASS_PREFETCH	16	/* windows one pass may prefetch */
+#define FL_INLINE_MAX		16	/* records the fault IRQ thread may service */
 #define FL_TRANSIENT_SLOTS	16	/* pages in backoff per context */
 
 /*
@@ -423,6 +443,13 @@ struct fl_transient {
 	unsigned int attempts;
 };
 
+/* A window to populate after a replay (fault.c, "Prefetch"). */
+struct fl_prefetch_req {
+	u64 va;			/* a faulting page of the window */
+	bool populate;		/* populate absent pages too */
+	bool write;		/* ... for writing */
+};
+
 /* One device context: the mirror of one process's address space. */
 struct fl_ctx {
 	struct fl_dev *fl;		/* reference held (fl->ref) */
@@ -430,12 +457,16 @@ struct fl_ctx {
 	struct kref ref;
 	struct mm_struct *mm;		/* mmgrab()ed at bind, mmdrop()ed at free */
 	/*
-	 * blocks: block index (va >> 21) -> struct fl_block. Inserted by the
-	 * context's fault work only, removed at release (fl_ctx_destroy())
-	 * after the device stopped walking the tables. The xarray's own lock
-	 * covers its structure; entries are never freed while the work runs.
+	 * blocks: block index (va >> 21) -> struct fl_block. Inserted by
+	 * fl_block_get() (the fault work, an inline pass, the ahead work)
+	 * under block_mutex, removed at release (fl_ctx_destroy()) after the
+	 * device stopped walking the tables and those works were stopped. The
+	 * xarray's own lock covers its structure; entries are never freed
+	 * while a work runs. block_mutex is taken with no other lock held;
+	 * mmap_lock may nest inside it (mmu_interval_notifier_insert()).
 	 */
 	struct xarray blocks;
+	struct mutex block_mutex;	/* inserts into blocks; see above */
 	u16 id;				/* device context; ida-owned until retired */
 	bool leak;			/* UNBIND failed: never free the tables */
 	/*
@@ -463,9 +494,16 @@ struct fl_ctx {
 	/*
 	 * Fault servicing (fault.c). fq_lock (leaf spinlock) guards the queue
 	 * of records the fetcher hands over (fq, fq_n, fq_gen, fq_replay),
-	 * the deferred records and dying. The work item runs on fl->ctx_wq,
-	 * one instance at a time per context; fwork, hmm_pfns, fcmds and
-	 * transient are its own.
+	 * the deferred records, the prefetch hand-over (pf, npf, pf_gen) and
+	 * dying. The work item runs on fl->ctx_wq, one instance at a time per
+	 * context; fwork is its own.
+	 *
+	 * pass_mutex: held across one pass (and its prefetch) by the work, or
+	 * by the fault IRQ thread for an inline pass (mutex_trylock only);
+	 * protects hmm_pfns, fcmds and transient. Taken with no other lock
+	 * held; mmap_lock and ctx->lock nest inside it. The invalidate
+	 * callbacks never take it; fl_ctx_destroy() takes it once (after
+	 * dying is set) to wait for an inline pass to end.
 	 */
 	spinlock_t fq_lock;
 	struct fl_fault_rec *fq;	/* FL_CTX_QUEUE records, not yet serviced */
@@ -478,6 +516,22 @@ struct fl_ctx {
 	u64 deferred_gen;		/* fl->generation of the deferred records */
 	struct work_struct fault_work;
 	struct delayed_work backoff_work;	/* re-queues the deferred records */
+	struct fl_prefetch_req pf[FL_PASS_PREFETCH];	/* from inline passes */
+	u32 npf;
+	u64 pf_gen;			/* fl->generation of the pf requests */
+	struct mutex pass_mutex;
+	/*
+	 * Population ahead (fault.c, "Ahead"): ahead_work runs on
+	 * fl->ahead_wq, one instance at a time, a context reference per
+	 * queued instance; ahead_va (0: none), ahead_write and ahead_gen are
+	 * its request (fq_lock), ahead_pfns its own. It takes mmap_lock (read)
+	 * and ctx->lock inside it, never pass_mutex.
+	 */
+	struct work_struct ahead_work;
+	u64 ahead_va;
+	u64 ahead_gen;
+	bool ahead_write;
+	unsigned long *ahead_pfns;	/* FL_HUGE_PAGES */
 	struct fl_fault_rec *fwork;	/* FL_CTX_QUEUE: the pass being serviced */
 	unsigned long *hmm_pfns;	/* FL_HUGE_PAGES */
 	struct fl_cmd *fcmds;		/* FL_CTX_QUEUE + 2 */
@@ -601,6 +655,8 @@ void fl_fault_work(struct work_struct *work);
 void fl_fr_program(struct fl_dev *fl);
 void fl_ctx_fault_work(struct work_struct *work);
 void fl_ctx_backoff_work(struct work_struct *work);
+void fl_fault_irq_thread(struct fl_dev *fl);
+void fl_ctx_ahead_work(struct work_struct *work);
 
 /* job.c: jobs and the shared-virtual-memory ioctls */
 void fl_orphans_free(struct fl_dev *fl, bool all);

@@ -49,6 +49,14 @@ unsigned int fl_prefetch_pct;
 module_param_named(prefetch_pct, fl_prefetch_pct, uint, 0644);
 MODULE_PARM_DESC(prefetch_pct, "with prefetch=Y, populate the rest of a window after the replay once this percentage of its 2 MiB block is mapped (0: always; default 0)");
 
+unsigned int fl_fault_inline = FL_INLINE_MAX;
+module_param_named(fault_inline, fl_fault_inline, uint, 0644);
+MODULE_PARM_DESC(fault_inline, "a fetch of at most this many pages, all of one idle context, is serviced in the fault interrupt's thread instead of the context's work (0: never; at most 16; default 16)");
+
+bool fl_prefetch_ahead = true;
+module_param_named(prefetch_ahead, fl_prefetch_ahead, bool, 0644);
+MODULE_PARM_DESC(prefetch_ahead, "with prefetch=Y, when a faulting window's population starts, populate the next 2 MiB block of the same VMA concurrently, on an unbound worker (default Y)");
+
 /* ---------------------------------------------------------------------- */
 /* ioctls */
 
@@ -354,7 +362,13 @@ static int fl_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	 */
 	fl->ctx_wq = alloc_workqueue("%s-ctx", WQ_HIGHPRI | WQ_CPU_INTENSIVE, 0,
 				     fl->name);
-	if (!fl->fault_wq || !fl->ctx_wq) {
+	/*
+	 * Unbound: a block populated ahead runs on whichever CPU is free,
+	 * beside the context's own pass (fault.c, "Ahead"). Only context
+	 * works queue it, so it is destroyed after ctx_wq.
+	 */
+	fl->ahead_wq = alloc_workqueue("%s-ahead", WQ_UNBOUND, 0, fl->name);
+	if (!fl->fault_wq || !fl->ctx_wq || !fl->ahead_wq) {
 		ret = -ENOMEM;
 		goto err_dma;
 	}
@@ -410,6 +424,8 @@ err_dma:
 	fl_hw_reset(fl);
 	if (fl->ctx_wq)
 		destroy_workqueue(fl->ctx_wq);
+	if (fl->ahead_wq)
+		destroy_workqueue(fl->ahead_wq);
 	if (fl->fault_wq)
 		destroy_workqueue(fl->fault_wq);
 	fl_free_dma(fl);
@@ -450,6 +466,7 @@ static void fl_remove(struct pci_dev *pdev)
 	fl_free_irqs(fl, FL_VEC_ERROR + 1);
 	pci_free_irq_vectors(pdev);
 	destroy_workqueue(fl->ctx_wq);		/* context passes end quickly */
+	destroy_workqueue(fl->ahead_wq);	/* so do blocks populated ahead */
 	destroy_workqueue(fl->fault_wq);	/* a late run sees FL_FLAG_DEAD */
 	WARN_ON(!list_empty(&fl->inflight));
 	pci_clear_master(pdev);

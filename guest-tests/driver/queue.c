@@ -396,9 +396,18 @@ static irqreturn_t fl_irq_fault(int irq, void *data)
 {
 	struct fl_dev *fl = data;
 
-	/* The device disarmed it; the worker re-arms it by writing GET. */
+	/* The device disarmed it; the fetch re-arms it by writing GET. */
 	atomic64_inc(&fl->irqs[FL_VEC_FAULT]);
+	if (READ_ONCE(fl_fault_inline))
+		return IRQ_WAKE_THREAD;
 	queue_work(fl->fault_wq, &fl->fault_work);
+	return IRQ_HANDLED;
+}
+
+/* Fetch in the thread, and service a small batch there (fault.c). */
+static irqreturn_t fl_irq_fault_thread(int irq, void *data)
+{
+	fl_fault_irq_thread(data);
 	return IRQ_HANDLED;
 }
 
@@ -480,9 +489,13 @@ int fl_request_irqs(struct fl_dev *fl)
 			ret = request_threaded_irq(irq, fl_irq_error,
 						   fl_irq_error_thread, 0,
 						   fl->irq_name[v], fl);
+		else if (v == FL_VEC_FAULT)
+			ret = request_threaded_irq(irq, fl_irq_fault,
+						   fl_irq_fault_thread, 0,
+						   fl->irq_name[v], fl);
 		else
-			ret = request_irq(irq, v == FL_VEC_QUEUE ? fl_irq_queue :
-					  fl_irq_fault, 0, fl->irq_name[v], fl);
+			ret = request_irq(irq, fl_irq_queue, 0,
+					  fl->irq_name[v], fl);
 		if (ret)
 			goto err;
 	}
